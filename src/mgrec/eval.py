@@ -1,0 +1,87 @@
+"""The evaluation task and `load_run`: rebuild a trained model and its data from a run folder."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.utils import get_class, instantiate
+from lightning.pytorch import LightningDataModule, Trainer, seed_everything
+from omegaconf import DictConfig, OmegaConf
+
+from mgrec.data.interactions import InteractionData
+from mgrec.models.base import Recommender
+from mgrec.train import CONFIG_DIR, build_data, output_dir
+from mgrec.utils import apply_extras, component_names, instantiate_loggers, task_wrapper, write_json_atomic
+
+log = logging.getLogger("mgrec")
+
+
+def run_dir_of(checkpoint: str | Path) -> Path:
+    """The run folder holding `checkpoint` (`<run>/checkpoints/<file>.ckpt`)."""
+    checkpoint = Path(checkpoint).resolve()
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint}: checkpoint not found")
+    return checkpoint.parent.parent
+
+
+def saved_config(run_dir: str | Path) -> DictConfig:
+    """The resolved config a training run saved (`.hydra/resolved.yaml`)."""
+    path = Path(run_dir) / ".hydra" / "resolved.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; is {run_dir} a run folder written by train.py?")
+    return OmegaConf.load(path)
+
+
+def load_model(checkpoint: str | Path, cfg: DictConfig, data: InteractionData) -> Recommender:
+    model_class = get_class(cfg.model._target_)
+    model = model_class.load_from_checkpoint(checkpoint, data=data, map_location="cpu", weights_only=False)
+    return model.eval()
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[Recommender, InteractionData]:
+    """`model, data = load_run(run_dir)`: the trained model (best checkpoint, eval mode) and its data."""
+    run_dir = Path(run_dir)
+    cfg = saved_config(run_dir)
+    path = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    data = build_data(cfg.data).data
+    return load_model(path, cfg, data), data
+
+
+@task_wrapper
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate `cfg.ckpt_path` on the requested splits with the data and model of its run."""
+    apply_extras(cfg)
+    seed_everything(cfg.seed, workers=True)
+    run_cfg = saved_config(run_dir_of(cfg.ckpt_path))
+    overrides = {k: v for k, v in (cfg.get("data") or {}).items() if v is not None}
+    data_cfg = OmegaConf.merge(run_cfg.data, overrides)
+    datamodule: LightningDataModule = build_data(data_cfg)
+    model = load_model(cfg.ckpt_path, run_cfg, datamodule.data)
+    trainer: Trainer = instantiate(
+        cfg.trainer, logger=instantiate_loggers(cfg.get("logger")) or False, callbacks=[]
+    )
+    metrics: dict[str, Any] = {}
+    for split in cfg.splits:
+        run = trainer.validate if split == "valid" else trainer.test
+        for result in run(model, datamodule=datamodule, verbose=False):
+            metrics.update({k: float(v) for k, v in result.items() if not k.endswith("_best")})
+    metrics.update(component_names(run_cfg))
+    metrics.update({"seed": int(run_cfg.seed), "checkpoint": str(Path(cfg.ckpt_path).resolve())})
+    if trainer.is_global_zero:
+        write_json_atomic(output_dir(cfg) / "metrics.json", metrics)
+    log.info("metrics: %s", {k: v for k, v in metrics.items() if "@20" in k})
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval.yaml")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()
