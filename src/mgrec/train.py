@@ -41,7 +41,8 @@ def build_data(data_cfg: DictConfig) -> LightningDataModule:
 def build_model(cfg: DictConfig, datamodule: LightningDataModule) -> Recommender:
     optimizer = instantiate(cfg.optimizer)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    return instantiate(cfg.model, data=datamodule.data, optimizer=optimizer, scheduler=scheduler)
+    model_factory = instantiate(cfg.model, _partial_=True)
+    return model_factory(data=datamodule.data, optimizer=optimizer, scheduler=scheduler)
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -69,7 +70,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger.log_hyperparams({"config": _plain(cfg), **component_names(cfg), "seed": cfg.seed})
 
     started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
     train_seconds = time.perf_counter() - started
 
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
@@ -78,11 +79,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.warning("no best checkpoint (checkpointing off or no validation): evaluating the final weights")
     metrics: dict[str, Any] = {}
     metrics.update(
-        _scalars(trainer.validate(model, datamodule=datamodule, ckpt_path=best_path, verbose=False))
+        _scalars(
+            trainer.validate(
+                model, datamodule=datamodule, ckpt_path=best_path, verbose=False, weights_only=False
+            )
+        )
     )
     if cfg.get("test"):
         metrics.update(
-            _scalars(trainer.test(model, datamodule=datamodule, ckpt_path=best_path, verbose=False))
+            _scalars(
+                trainer.test(
+                    model, datamodule=datamodule, ckpt_path=best_path, verbose=False, weights_only=False
+                )
+            )
         )
     metrics.pop(f"{model.monitor}_best", None)
     best_epoch = torch.load(best_path, map_location="cpu", weights_only=False)["epoch"] if best_path else None

@@ -183,10 +183,9 @@ class Recommender(LightningModule):
         scores = self.score(users)
         scores[mask_rows, mask_items] = float("-inf")
         k = min(max(metric.ks), self.n_items)
-        top_items = scores.topk(k, dim=1).indices
-        if k < max(metric.ks):
-            top_items = torch.cat([top_items, top_items.new_full((len(users), max(metric.ks) - k), -1)], 1)
-        hits = topk_hits(top_items, truth_rows, truth_items, self.n_items)
+        hits = topk_hits(scores.topk(k, dim=1).indices, truth_rows, truth_items, self.n_items)
+        if k < max(metric.ks):  # fewer items than the largest K: the missing ranks are misses
+            hits = torch.cat([hits, hits.new_zeros(len(users), max(metric.ks) - k)], dim=1)
         metric.update(hits, torch.bincount(truth_rows, minlength=len(users)))
 
     def _start_eval(self) -> None:

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from mgrec.data.interactions import InteractionData
-from mgrec.graphs import normalized_adjacency
+from mgrec.graphs import normalized_adjacency, symmetric_spmm
 from mgrec.models.base import Recommender
 from mgrec.models.losses import bpr_loss, embedding_norm_loss
 
@@ -44,7 +44,7 @@ class LightGCN(Recommender):
         layer = torch.cat([self.user_embedding, self.item_embedding])
         total = layer
         for _ in range(self.hparams.n_layers):
-            layer = torch.sparse.mm(self.adjacency, layer)
+            layer = symmetric_spmm(self.adjacency, layer)
             total = total + layer
         final = total / (self.hparams.n_layers + 1)
         return final[: self.n_users], final[self.n_users :]
