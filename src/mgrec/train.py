@@ -13,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch import LightningDataModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mgrec.models.base import Recommender
 from mgrec.utils import (
@@ -67,7 +67,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
-        logger.log_hyperparams({"config": _plain(cfg), **component_names(cfg), "seed": cfg.seed})
+        logger.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), **component_names(cfg)})
 
     started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
@@ -111,12 +111,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "metrics.json: %s", {k: metrics[k] for k in sorted(metrics) if "@20" in k or k == "best_epoch"}
         )
     return metrics
-
-
-def _plain(cfg: DictConfig) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train.yaml")

@@ -101,8 +101,8 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 
 @rank_zero_only
-def print_config(cfg: DictConfig, output_dir: Path | None = None) -> None:
-    """Print the composed config as a rich tree, and save the resolved config next to Hydra's."""
+def print_config(cfg: DictConfig) -> None:
+    """Print the composed config as a rich tree."""
     import rich
     import rich.syntax
     import rich.tree
@@ -130,7 +130,9 @@ def apply_extras(cfg: DictConfig) -> None:
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-        warnings.filterwarnings("ignore", category=UserWarning, module="lightning.*")
+        warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+        warnings.filterwarnings("ignore", message=".*Sparse invariant checks are implicitly disabled.*")
+        warnings.filterwarnings("ignore", message=".*litlogger.*")
     if extras.get("print_config"):
         print_config(cfg)
 
