@@ -1,6 +1,6 @@
 """Reference points without training, evaluated with the same protocol as every model.
 
-    python -m mgrec.baselines <data folder> <name>     # most-popular and random on valid and test
+python -m mgrec.baselines <data folder> <name>     # most-popular and random on valid and test
 """
 
 from __future__ import annotations
@@ -15,16 +15,19 @@ from mgrec.data.interactions import InteractionData, read_mmrec
 from mgrec.metrics import TopKMetrics, topk_hits
 
 
-def evaluate_scores(data: InteractionData, item_scores: torch.Tensor, split: str, k_max: int = 50
-                    ) -> dict[str, float]:
+def evaluate_scores(
+    data: InteractionData, item_scores: torch.Tensor, split: str, k_max: int = 50
+) -> dict[str, float]:
     """Full-ranking metrics on `split` for one score per item shared by all users (training items masked)."""
     metric = TopKMetrics(prefix=f"{'val' if split == 'valid' else split}/")
     for users, train_rows, train_items, truth_rows, truth_items in eval_batches(data, split, 4096):
         scores = item_scores.expand(len(users), -1).clone()
         scores[train_rows, train_items] = float("-inf")
         top = scores.topk(min(k_max, data.n_items), dim=1).indices
-        metric.update(topk_hits(top, truth_rows, truth_items, data.n_items), torch.bincount(truth_rows,
-                                                                                             minlength=len(users)))
+        metric.update(
+            topk_hits(top, truth_rows, truth_items, data.n_items),
+            torch.bincount(truth_rows, minlength=len(users)),
+        )
     return {k: float(v) for k, v in metric.compute().items()}
 
 
@@ -36,11 +39,15 @@ def most_popular(data: InteractionData, split: str = "test") -> dict[str, float]
 
 def random_ranking(data: InteractionData, split: str = "test", seed: int = 0) -> dict[str, float]:
     """One random item order shared by all users (its expectation equals a per-user random ranking)."""
-    return evaluate_scores(data, torch.rand(data.n_items, generator=torch.Generator().manual_seed(seed)), split)
+    return evaluate_scores(
+        data, torch.rand(data.n_items, generator=torch.Generator().manual_seed(seed)), split
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("folder")
     parser.add_argument("name")
     args = parser.parse_args(argv)

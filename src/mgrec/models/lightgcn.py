@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from mgrec.data.interactions import InteractionData
-from mgrec.graphs import normalized_adjacency, symmetric_spmm
+from mgrec.graphs import bipartite_mean_propagation, normalized_bipartite
 from mgrec.models.base import Recommender
 from mgrec.models.losses import bpr_loss, embedding_norm_loss
 
@@ -37,26 +37,31 @@ class LightGCN(Recommender):
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, embedding_size)))
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, embedding_size)))
         if data is not None:
-            self.register_graph("adjacency", normalized_adjacency(data.train))
+            # A_hat = [[0, R~], [R~^T, 0]] is kept as its two blocks: propagating users and items separately
+            # avoids concatenating, slicing and zero-padding [n_users + n_items, d] tensors every batch
+            norm_r, norm_rt = normalized_bipartite(data.train)
+            self.register_graph("norm_r", norm_r)
+            self.register_graph("norm_rt", norm_rt)
 
     def propagate(self) -> tuple[Tensor, Tensor]:
-        """Final user and item embeddings [n_users, d], [n_items, d]."""
-        layer = torch.cat([self.user_embedding, self.item_embedding])
-        total = layer
-        for _ in range(self.hparams.n_layers):
-            layer = symmetric_spmm(self.adjacency, layer)
-            total = total + layer
-        final = total / (self.hparams.n_layers + 1)
-        return final[: self.n_users], final[self.n_users :]
+        """Final user and item embeddings [n_users, d], [n_items, d]: the mean of layers 0..L of A_hat^l E."""
+        return bipartite_mean_propagation(
+            self.norm_r, self.norm_rt, self.user_embedding, self.item_embedding, self.hparams.n_layers
+        )
 
     @override
     def loss(self, batch: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         users, pos_items, neg_items = batch
         user_final, item_final = self.propagate()
+        # one gather for positives and negatives together: one full-size scatter in backward, not two
+        items = torch.cat([pos_items, neg_items])
         user_e = user_final[users]
-        ranking = bpr_loss((user_e * item_final[pos_items]).sum(1), (user_e * item_final[neg_items]).sum(1))
-        ego = (self.user_embedding[users], self.item_embedding[pos_items], self.item_embedding[neg_items])
-        return ranking + self.hparams.reg_weight * embedding_norm_loss(*ego)
+        pos_e, neg_e = item_final[items].split(len(pos_items))
+        ranking = bpr_loss((user_e * pos_e).sum(1), (user_e * neg_e).sum(1))
+        pos_ego, neg_ego = self.item_embedding[items].split(len(pos_items))
+        return ranking + self.hparams.reg_weight * embedding_norm_loss(
+            self.user_embedding[users], pos_ego, neg_ego
+        )
 
     @override
     def score(self, users: Tensor) -> Tensor:

@@ -1,0 +1,255 @@
+"""Speed and memory benchmarks on the real data sets; writes a table into docs/benchmarks.md.
+
+    .venv/bin/python scripts/bench.py [--data baby|tiktok|all] [--repeats N] [--out docs/benchmarks.md]
+                                      [--threads N] [--data-dir ../shared/data]
+
+Every measurement runs in a fresh Python process (this script with ``--child``), so its peak RSS is its own.
+Only the text between the two ``bench`` markers of the output file is replaced; notes around it are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning
+import torch
+from lightning.pytorch import Callback, Trainer, seed_everything
+
+from mgrec.data import InteractionData, read_mmrec
+from mgrec.data.datamodule import RecDataModule, eval_batches
+from mgrec.data.sampling import EpochBatchSampler
+from mgrec.models import BPR, LightGCN, Recommender
+from mgrec.optim import MirrorGradient
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = {
+    "baby": ("amazon-baby-interactions", {}),
+    "tiktok": ("tiktok", {"image": "image_feat.npy", "audio": "audio_feat.npy"}),
+}
+BATCH, EVAL_BATCH, SEED = 2048, 4096, 0
+OPTIMIZERS = {
+    "adam": functools.partial(torch.optim.Adam, lr=1e-3),
+    "mg": functools.partial(
+        MirrorGradient, optimizer=torch.optim.Adam, lr=1e-3, alpha1=1.0, alpha2=0.2, beta=3
+    ),
+}
+MEASUREMENTS = {  # key (model-optimizer-runner): what is timed
+    "sampling": "negative sampling, one epoch",
+    "lightgcn-adam-loop": "LightGCN epoch, Adam, bare loop",
+    "lightgcn-mg-loop": "LightGCN epoch, MG, bare loop",
+    "lightgcn-adam-lightning": "LightGCN epoch, Adam, Lightning",
+    "lightgcn-mg-lightning": "LightGCN epoch, MG, Lightning",
+    "lightgcn-adam-valid": "LightGCN validation pass",
+    "bpr-adam-loop": "BPR epoch, Adam, bare loop",
+    "bpr-adam-valid": "BPR validation pass",
+}
+TARGETS = {  # key: (MMRec on this 2-core CPU, target), for baby
+    "sampling": ("", "< 0.1 s"),
+    "lightgcn-adam-loop": ("2.4 s", "< 1.2 s"),
+    "lightgcn-adam-lightning": ("2.4 s", "< 1.2 s"),
+    "lightgcn-adam-valid": ("2.9 s", "< 0.6 s"),
+}
+BEGIN, END = "<!-- bench:begin (written by scripts/bench.py) -->", "<!-- bench:end -->"
+HOW = """**How measured.** Each row is a fresh child process of `scripts/bench.py`: it reads the data set, runs
+one warm-up repetition, then the timed ones, and reports its own peak resident memory (`ru_maxrss`, which
+includes Python, torch and the data). Negative sampling: `EpochBatchSampler(train, 2048, 0)
+.epoch_interactions()` for a new epoch. Training epoch (batch 2048; LightGCN 64-d, 3 layers, Adam lr 1e-3;
+MG alpha1 1, alpha2 0.2, beta 3): the bare loop iterates the sampler (sampling included) and calls the
+optimizer's `step(closure)` on the model's `loss`; the Lightning rows run `Trainer.fit` on a `RecDataModule`
+holding the data, without validation, timed from `on_train_epoch_start` to `on_train_epoch_end`. Validation
+pass: every validation user of `eval_batches(data, "valid", 4096)` scored, training items masked, top-50,
+`TopKMetrics` update and compute, as `Recommender._rank` does, under `inference_mode`. The machine is shared:
+the load average is the 1-minute one before and after the run; compare medians."""
+
+
+# ------------------------------------------------------------------------------------------ child side
+def loop_epochs(model: Recommender, data: InteractionData, epochs: int) -> list[float]:
+    """The bare training loop: sampling, the model's loss, the optimizer's step(closure)."""
+    optimizer = model.configure_optimizers()
+    sampler, times = EpochBatchSampler(data.train, BATCH, SEED), []
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        sampler.set_epoch(epoch)
+        if isinstance(optimizer, MirrorGradient):
+            optimizer.reset_schedule()
+        for batch in sampler:
+
+            def closure(batch: tuple[torch.Tensor, ...] = batch) -> torch.Tensor:
+                optimizer.zero_grad()
+                loss = model.loss(batch)
+                loss.backward()
+                return loss
+
+            optimizer.step(closure)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+class EpochTimer(Callback):
+    def __init__(self) -> None:
+        self.start, self.times = 0.0, []
+
+    def on_train_epoch_start(self, trainer: Trainer, module: Any) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: Trainer, module: Any) -> None:
+        self.times.append(time.perf_counter() - self.start)
+
+
+def lightning_epochs(model: Recommender, data: InteractionData, epochs: int) -> list[float]:
+    """`Trainer.fit` on the real `RecDataModule` path, each epoch timed by a callback (no validation)."""
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    datamodule = RecDataModule(name=data.name, batch_size=BATCH, sampling_seed=SEED)
+    datamodule.data = data  # in memory: setup() keeps it
+    timer = EpochTimer()
+    flags = ("logger", "enable_checkpointing", "enable_progress_bar", "enable_model_summary")
+    trainer = Trainer(max_epochs=epochs, accelerator="cpu", devices=1, limit_val_batches=0, num_sanity_val_steps=0,
+                      use_distributed_sampler=False, callbacks=[timer], **dict.fromkeys(flags, False))  # fmt: skip
+    trainer.fit(model, datamodule=datamodule)
+    return timer.times
+
+
+def validation_passes(model: Recommender, data: InteractionData, passes: int) -> list[float]:
+    """One validation epoch of `Recommender`: score, mask training items, top-50, metric update and compute,
+    the propagation computed once per pass (the model's evaluation cache)."""
+    batches, times = eval_batches(data, "valid", EVAL_BATCH), []
+    model.eval()
+    with torch.inference_mode():
+        for _ in range(passes):
+            start = time.perf_counter()
+            model._start_eval()
+            for batch in batches:
+                model._rank(batch, model.val_metrics)
+            model._end_eval(model.val_metrics)
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def child(kind: str, name: str, folder: Path, repeats: int, threads: int) -> dict[str, Any]:
+    warnings.filterwarnings("ignore")
+    if threads:
+        torch.set_num_threads(threads)
+    data = read_mmrec(folder, name, DATASETS[name][1])
+    seed_everything(SEED, verbose=False)
+    n = repeats + 1  # the first repetition is a warm-up
+    if kind == "sampling":
+        sampler, times = EpochBatchSampler(data.train, BATCH, SEED), []
+        for epoch in range(n):
+            sampler.set_epoch(epoch)
+            start = time.perf_counter()
+            sampler.epoch_interactions()
+            times.append(time.perf_counter() - start)
+    else:
+        model_name, optimizer, runner = kind.split("-")
+        model = {"lightgcn": LightGCN, "bpr": BPR}[model_name](data, optimizer=OPTIMIZERS[optimizer])
+        run = {"loop": loop_epochs, "lightning": lightning_epochs, "valid": validation_passes}[runner]
+        times = run(model, data, n)
+    maxrss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return {"times": times[1:], "maxrss_mb": maxrss_mb, "threads": torch.get_num_threads()}
+
+
+# ------------------------------------------------------------------------------------------ parent side
+def run_child(kind: str, name: str, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--child", kind, "--data", name, "--repeats", str(args.repeats)]
+    command += ["--data-dir", str(folder.parent), "--threads", str(args.threads)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} on {name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def fmt(seconds: list[float]) -> str:
+    return f"{statistics.median(seconds):.3f} ({min(seconds):.3f}-{max(seconds):.3f})"
+
+
+def table(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    lines = ["| data | measurement | seconds, median (min-max) | peak RSS MB | MMRec, 2-core CPU | target |"]
+    lines.append("|---|---|---|---|---|---|")
+    for name, rows in results.items():
+        for key, label in MEASUREMENTS.items():
+            mmrec, target = TARGETS.get(key, ("", "")) if name == "baby" else ("", "")
+            row = rows[key]
+            lines.append(
+                f"| {name} | {label} | {fmt(row['times'])} | {row['maxrss_mb']:.0f} | {mmrec} | {target} |"
+            )
+        for runner in ("loop", "lightning"):
+            mg, adam = (statistics.median(rows[f"lightgcn-{o}-{runner}"]["times"]) for o in ("mg", "adam"))
+            lines.append(
+                f"| {name} | LightGCN epoch MG / Adam, {runner} | ratio {mg / adam:.2f} | | | ~ 1.33 |"
+            )
+    peak = max(row["maxrss_mb"] for rows in results.values() for row in rows.values())
+    lines.append(f"| all | peak memory, largest of the rows | | {peak:.0f} | | < 2048 |")
+    return lines
+
+
+def report(results: dict[str, dict[str, dict[str, Any]]], threads: int, load: tuple[float, float]) -> str:
+    models = [
+        line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")
+    ]
+    cpu = models[0].split(":", 1)[1].strip() if models else platform.processor()
+    command = " ".join([".venv/bin/python scripts/bench.py", *sys.argv[1:]])
+    machine = (
+        f"{datetime.date.today().isoformat()}, `{command}`: {cpu}, nproc {os.cpu_count()}, torch "
+        f"{torch.__version__} ({threads} threads), lightning {lightning.__version__}, Python "
+        f"{platform.python_version()}; load average {load[0]:.1f} before, {load[1]:.1f} after."
+    )
+    return "\n".join([BEGIN, machine, "", *table(results), "", HOW, END])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", choices=[*DATASETS, "all"], default="all")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions after one warm-up")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        name = args.data
+        print(
+            json.dumps(child(args.child, name, args.data_dir / DATASETS[name][0], args.repeats, args.threads))
+        )
+        return
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    threads, load = 0, os.getloadavg()[0]
+    for name in DATASETS if args.data == "all" else [args.data]:
+        inter = args.data_dir / DATASETS[name][0] / f"{name}.inter"
+        if not inter.is_file():
+            print(f"skipping {name}: {inter} not found")
+            continue
+        results[name] = {}
+        for key, label in MEASUREMENTS.items():
+            row = results[name][key] = run_child(key, name, inter.parent, args)
+            threads = row["threads"]
+            print(f"{name:7s} {label:34s} {fmt(row['times'])} s, peak {row['maxrss_mb']:.0f} MB", flush=True)
+    if not results:
+        sys.exit("no data set found: nothing measured")
+    body = report(results, threads, (load, os.getloadavg()[0]))
+    text = args.out.read_text() if args.out.is_file() else ""
+    if BEGIN not in text or END not in text:
+        text = f"# Benchmarks\n\n{BEGIN}\n{END}\n" + (f"\n{text}" if text else "")
+    head, rest = text.split(BEGIN, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(head + body + rest.split(END, 1)[1])
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
