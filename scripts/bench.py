@@ -229,6 +229,9 @@ def main() -> None:
         return
     results: dict[str, dict[str, dict[str, Any]]] = {}
     threads, load = 0, os.getloadavg()[0]
+    if load > 0.5 * (os.cpu_count() or 1):
+        print(f"warning: load average {load:.1f}; beside other processes, multi-threaded timings can be")
+        print("many times slower (OpenMP threads wait for each other): rerun when idle, or use --threads 1")
     for name in DATASETS if args.data == "all" else [args.data]:
         inter = args.data_dir / DATASETS[name][0] / f"{name}.inter"
         if not inter.is_file():
