@@ -132,7 +132,6 @@ def apply_extras(cfg: DictConfig) -> None:
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
         warnings.filterwarnings("ignore", message=".*Sparse invariant checks are implicitly disabled.*")
-        warnings.filterwarnings("ignore", message=".*litlogger.*")
     if extras.get("print_config"):
         print_config(cfg)
 
