@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,9 +37,19 @@ FAST = [
 ]
 
 
+# one, two and three named modalities: every multimodal model must take any non-empty set
+MODALITY_SETS = {1: {"text": 8}, 2: {"image": 16, "text": 8}, 3: {"image": 16, "text": 8, "audio": 12}}
+
+
+@functools.cache
+def tiny_multimodal(n_modalities: int) -> InteractionData:
+    """TINY synthetic data with 1, 2 or 3 modalities (cached: treat as read-only)."""
+    return make_synthetic(**TINY, modalities=MODALITY_SETS[n_modalities], seed=0)
+
+
 @pytest.fixture(scope="session")
 def tiny_data() -> InteractionData:
-    return make_synthetic(**TINY, modalities={"image": 16, "text": 8}, seed=0)
+    return tiny_multimodal(2)
 
 
 @pytest.fixture

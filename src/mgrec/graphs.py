@@ -7,6 +7,14 @@ as A_hat = D^{-1/2} A D^{-1/2}; a node without edges keeps a zero row.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -167,3 +175,144 @@ def bipartite_mean_propagation(
     if n_layers < 0:
         raise ValueError(f"n_layers must be >= 0, got {n_layers}")
     return _BipartiteMeanPropagation.apply(norm_r, norm_rt, users, items, n_layers)
+
+
+# --------------------------------------------------------------------------- item-item kNN graphs
+@torch.no_grad()
+def knn_neighbours(
+    features: torch.Tensor, k: int, block_size: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest rows of every row by cosine similarity, the row itself included (as in MMRec).
+
+    Returns `(indices, similarities)`, both [n, k], best first. Computed `block_size` rows at a time, so
+    memory is O(n x (k + block_size)), never the dense n x n similarity matrix. A zero row has similarity
+    0 to everything (MMRec's division by the norm would give NaN).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    unit = torch.nn.functional.normalize(features.detach().float(), dim=1)
+    n, k = unit.shape[0], min(k, unit.shape[0])
+    indices = torch.empty(n, k, dtype=torch.long, device=unit.device)
+    similarities = torch.empty(n, k, dtype=unit.dtype, device=unit.device)
+    for start in range(0, n, block_size):
+        block = unit[start : start + block_size] @ unit.T
+        similarities[start : start + block_size], indices[start : start + block_size] = block.topk(k, dim=1)
+    return indices, similarities
+
+
+def normalize_edges(
+    rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, n_nodes: int, normalization: str = "sym"
+) -> torch.Tensor:
+    """Edge values of a normalised sparse matrix given as (rows, cols, values); differentiable in `values`.
+
+    `sym`: d_r^{-1/2} w d_c^{-1/2}; `row`: w / d_r; `none`: w; with d the row sums (MMRec's
+    `compute_normalized_laplacian`, which uses row sums on both sides also for a non-symmetric kNN graph).
+    Rows summing to zero keep zero values.
+    """
+    if normalization == "none":
+        return values
+    degree = torch.zeros(n_nodes, dtype=values.dtype, device=values.device).index_add(0, rows, values)
+    safe = torch.where(degree > 0, degree, torch.ones_like(degree))
+    if normalization == "sym":
+        inv_sqrt = torch.where(degree > 0, safe.rsqrt(), torch.zeros_like(degree))
+        return inv_sqrt[rows] * values * inv_sqrt[cols]
+    if normalization == "row":
+        return values * torch.where(degree > 0, safe.reciprocal(), torch.zeros_like(degree))[rows]
+    raise ValueError(f"normalization must be 'sym', 'row' or 'none', got {normalization!r}")
+
+
+def knn_graph(
+    features: torch.Tensor,
+    k: int,
+    weighted: bool = True,
+    normalization: str = "sym",
+    block_size: int = 1024,
+) -> sp.csr_matrix:
+    """The item-item kNN graph of `features` as a float32 scipy CSR matrix [n, n].
+
+    Row i holds the k most cosine-similar items of i (itself included) with weight = the similarity
+    (`weighted`, LATTICE / MGCN) or 1 (FREEDOM), then normalised by `normalize_edges`.
+    """
+    indices, similarities = knn_neighbours(features, k, block_size)
+    n, k = indices.shape
+    rows = torch.arange(n, device=indices.device).repeat_interleave(k)
+    cols = indices.reshape(-1)
+    values = similarities.reshape(-1) if weighted else torch.ones(n * k, device=indices.device)
+    values = normalize_edges(rows, cols, values, n, normalization)
+    matrix = sp.csr_matrix(
+        (values.cpu().numpy().astype(np.float32), (rows.cpu().numpy(), cols.cpu().numpy())), shape=(n, n)
+    )
+    matrix.sum_duplicates()
+    matrix.sort_indices()
+    return matrix
+
+
+def edge_spmm(
+    rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, x: torch.Tensor, n_rows: int
+) -> torch.Tensor:
+    """(S x) for S given by its edges, differentiable in both `values` and `x` (for graphs whose edge
+    weights are learned, e.g. LATTICE's): out[r] = sum over edges (r, c, w) of w x[c]."""
+    out = x.new_zeros(n_rows, x.shape[1])
+    return out.index_add(0, rows, values.unsqueeze(1) * x[cols])
+
+
+# --------------------------------------------------------------------------- user-item edge pruning
+def degree_sensitive_prune(
+    train: sp.csr_matrix, keep_ratio: float, generator: torch.Generator | None = None
+) -> sp.csr_matrix:
+    """FREEDOM's degree-sensitive edge pruning: keep int(keep_ratio * nnz) user-item edges drawn without
+    replacement with probability proportional to 1 / sqrt(d_u d_i), so edges between popular nodes are
+    dropped most. Sampling uses Efraimidis-Spirakis keys log(U) / w (the same distribution as
+    `torch.multinomial(w, n, replacement=False)`, but one vectorised top-k)."""
+    if not 0.0 < keep_ratio <= 1.0:
+        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+    coo = train.tocoo()
+    n_keep = int(coo.nnz * keep_ratio)
+    if n_keep == coo.nnz:
+        return train.tocsr()
+    user_degree = np.asarray((train != 0).sum(axis=1)).ravel()
+    item_degree = np.asarray((train != 0).sum(axis=0)).ravel()
+    weights = torch.from_numpy(1.0 / np.sqrt(user_degree[coo.row] * item_degree[coo.col]))
+    uniform = torch.rand(coo.nnz, generator=generator, dtype=torch.float64).clamp_min_(1e-300)
+    keep = (uniform.log() / weights).topk(n_keep).indices.numpy()
+    kept = sp.csr_matrix(
+        (np.ones(n_keep, dtype=np.float32), (coo.row[keep], coo.col[keep])), shape=train.shape
+    )
+    kept.sort_indices()
+    return kept
+
+
+# --------------------------------------------------------------------------- graph cache
+def cached_graph(
+    cache_dir: str | Path | None, name: str, key: dict[str, Any], build: Callable[[], sp.csr_matrix]
+) -> sp.csr_matrix:
+    """`build()`, or its result from `cache_dir/<name>-<hash of key>.npz` when a previous run made it.
+
+    `key` must hold everything the graph depends on: the data's content fingerprint (features included,
+    so a changed feature file never reuses a stale graph) and the graph's parameters. Written atomically,
+    by rank 0 only; `cache_dir=None` disables caching.
+    """
+    if cache_dir is None:
+        return build()
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    path = Path(cache_dir) / f"{name}-{digest}.npz"
+    if path.exists():
+        return sp.load_npz(path).tocsr()
+    graph = build()
+    if int(os.environ.get("RANK", "0")) == 0 and _global_rank() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as handle:
+            temporary = Path(handle.name)
+        try:
+            sp.save_npz(temporary, graph, compressed=False)
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+    return graph
+
+
+def _global_rank() -> int:
+    distributed = torch.distributed
+    return distributed.get_rank() if distributed.is_available() and distributed.is_initialized() else 0

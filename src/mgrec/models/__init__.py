@@ -1,7 +1,28 @@
-"""Recommenders: each a `Recommender` subclass in its own module."""
+"""Recommenders: each a `Recommender` subclass in its own module, imported on first use."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from mgrec.models.base import Recommender
-from mgrec.models.bpr import BPR
-from mgrec.models.lightgcn import LightGCN
 
-__all__ = ["BPR", "LightGCN", "Recommender"]
+# class name -> module; configs name a model as `mgrec.models.<ClassName>`
+MODEL_MODULES = {
+    "BPR": "mgrec.models.bpr",
+    "LightGCN": "mgrec.models.lightgcn",
+    "VBPR": "mgrec.models.vbpr",
+    "BM3": "mgrec.models.bm3",
+    "FREEDOM": "mgrec.models.freedom",
+    "LATTICE": "mgrec.models.lattice",
+    "MGCN": "mgrec.models.mgcn",
+    "SLMRec": "mgrec.models.slmrec",
+}
+
+__all__ = ["MODEL_MODULES", "Recommender", *MODEL_MODULES]
+
+
+def __getattr__(name: str) -> Any:
+    if name in MODEL_MODULES:
+        return getattr(importlib.import_module(MODEL_MODULES[name]), name)
+    raise AttributeError(f"module 'mgrec.models' has no attribute {name!r}")
