@@ -1,7 +1,11 @@
-"""Speed and memory benchmarks on the real data sets; writes a table into docs/benchmarks.md.
+"""Speed and memory benchmarks on the real data sets; writes tables into docs/benchmarks.md.
 
-    .venv/bin/python scripts/bench.py [--data baby|tiktok|all] [--repeats N] [--out docs/benchmarks.md]
-                                      [--threads N] [--data-dir ../shared/data]
+    .venv/bin/python scripts/bench.py [--suite core|models|knn|all] [--data baby|tiktok|all] [--repeats N]
+                                      [--out docs/benchmarks.md] [--threads N] [--data-dir ../shared/data]
+
+Suites: `core` (sampling, LightGCN and BPR on baby_interactions and tiktok), `models` (every multimodal model
+on tiktok: training epoch with Adam and with MG, validation pass, peak memory), `knn` (the item-item kNN
+graph at Elec's shape, synthetic).
 
 Every measurement runs in a fresh Python process (this script with ``--child``), so its peak RSS is its own.
 Only the text between the two ``bench`` markers of the output file is replaced; notes around it are kept.
@@ -27,12 +31,15 @@ from typing import Any
 
 import lightning
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch import Callback, Trainer, seed_everything
+from omegaconf import OmegaConf
 
 from mgrec.data import InteractionData, read_mmrec
 from mgrec.data.datamodule import RecDataModule, eval_batches
 from mgrec.data.sampling import EpochBatchSampler
-from mgrec.models import BPR, LightGCN, Recommender
+from mgrec.graphs import knn_graph
+from mgrec.models import Recommender
 from mgrec.optim import MirrorGradient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,13 +64,21 @@ MEASUREMENTS = {  # key (model-optimizer-runner): what is timed
     "bpr-adam-loop": "BPR epoch, Adam, bare loop",
     "bpr-adam-valid": "BPR validation pass",
 }
+MULTIMODAL = ["vbpr", "bm3", "freedom", "lattice", "mgcn", "slmrec"]
+MODEL_TARGETS = {  # model: MMRec's seconds per training epoch on tiktok, this 2-core CPU (issue 3)
+    "vbpr": 0.63,
+    "bm3": 1.87,
+    "freedom": 1.60,
+}
+MMREC_TIKTOK_VALID = 0.43
+KNN_SHAPE = {"items": 63_001, "dims": (4096, 384), "k": 10}  # Elec's item count and feature widths
 TARGETS = {  # key: (MMRec on this 2-core CPU, target), for baby
     "sampling": ("", "< 0.1 s"),
     "lightgcn-adam-loop": ("2.4 s", "< 1.2 s"),
     "lightgcn-adam-lightning": ("2.4 s", "< 1.2 s"),
     "lightgcn-adam-valid": ("2.9 s", "< 0.6 s"),
 }
-BEGIN, END = "<!-- bench:begin (written by scripts/bench.py) -->", "<!-- bench:end -->"
+BEGIN, END = "<!-- bench:begin (written by scripts/bench.py) -->", "<!-- bench:end -->"  # the core suite
 HOW = """**How measured.** Each row is a fresh child process of `scripts/bench.py`: it reads the data set, runs
 one warm-up repetition, then the timed ones, and reports its own peak resident memory (`ru_maxrss`, which
 includes Python, torch and the data). Negative sampling: `EpochBatchSampler(train, 2048, 0)
@@ -139,10 +154,30 @@ def validation_passes(model: Recommender, data: InteractionData, passes: int) ->
     return times
 
 
+def build_model(name: str, data: InteractionData, optimizer: str) -> Recommender:
+    """The model with its defaults from configs/model/<name>.yaml (no graph cache: builds are timed too)."""
+    config = OmegaConf.load(ROOT / "configs" / "model" / f"{name}.yaml")
+    if "graph_cache_dir" in config:
+        config.graph_cache_dir = None
+    return instantiate(config, _partial_=True)(data=data, optimizer=OPTIMIZERS[optimizer])
+
+
+def knn_build(dim: int) -> list[float]:
+    """One kNN graph build over random features of Elec's item count (float32, as the reader gives)."""
+    features = torch.randn(KNN_SHAPE["items"], dim, generator=torch.Generator().manual_seed(SEED))
+    start = time.perf_counter()
+    knn_graph(features, KNN_SHAPE["k"])
+    return [time.perf_counter() - start]
+
+
 def child(kind: str, name: str, folder: Path, repeats: int, threads: int) -> dict[str, Any]:
     warnings.filterwarnings("ignore")
     if threads:
         torch.set_num_threads(threads)
+    if kind.startswith("knn-"):
+        times = knn_build(int(kind.split("-")[1]))
+        maxrss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return {"times": times, "maxrss_mb": maxrss_mb, "threads": torch.get_num_threads()}
     data = read_mmrec(folder, name, DATASETS[name][1])
     seed_everything(SEED, verbose=False)
     n = repeats + 1  # the first repetition is a warm-up
@@ -155,7 +190,7 @@ def child(kind: str, name: str, folder: Path, repeats: int, threads: int) -> dic
             times.append(time.perf_counter() - start)
     else:
         model_name, optimizer, runner = kind.split("-")
-        model = {"lightgcn": LightGCN, "bpr": BPR}[model_name](data, optimizer=OPTIMIZERS[optimizer])
+        model = build_model(model_name, data, optimizer)
         run = {"loop": loop_epochs, "lightning": lightning_epochs, "valid": validation_passes}[runner]
         times = run(model, data, n)
     maxrss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
@@ -197,25 +232,90 @@ def table(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
 
 
 def report(results: dict[str, dict[str, dict[str, Any]]], threads: int, load: tuple[float, float]) -> str:
+    return "\n".join([machine_line(threads, load), "", *table(results), "", HOW])
+
+
+def model_table(rows: dict[str, dict[str, Any]]) -> list[str]:
+    lines = [
+        "| model | epoch, Adam (s) | epoch, MG (s) | MG / Adam | validation pass (s) | peak RSS MB "
+        "| MMRec epoch | target epoch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for model in MULTIMODAL:
+        adam, mg, valid = (
+            rows.get(f"{model}-{kind}") for kind in ("adam-lightning", "mg-lightning", "adam-valid")
+        )
+        if not (adam and mg and valid):
+            continue
+        ratio = statistics.median(mg["times"]) / statistics.median(adam["times"])
+        peak = max(row["maxrss_mb"] for row in (adam, mg, valid))
+        mmrec = MODEL_TARGETS.get(model)
+        reference = (f"{mmrec:.2f} s", f"<= {mmrec / 2:.2f} s") if mmrec else ("", "")
+        lines.append(
+            f"| {model} | {fmt(adam['times'])} | {fmt(mg['times'])} | {ratio:.2f} | {fmt(valid['times'])} "
+            f"| {peak:.0f} | {reference[0]} | {reference[1]} |"
+        )
+    lines.append(
+        f"\nValidation pass target: <= {MMREC_TIKTOK_VALID / 2:.2f} s (MMRec about {MMREC_TIKTOK_VALID} s); "
+        "MG / Adam target: close to 1 + 1/beta = 1.33 (MMRec's MG release: 1.24-1.46)."
+    )
+    return lines
+
+
+def knn_table(rows: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["| features | items | k | build (s) | peak RSS MB | limit |", "|---|---|---|---|---|---|"]
+    for dim in KNN_SHAPE["dims"]:
+        row = rows[f"knn-{dim}"]
+        lines.append(
+            f"| {dim}-d | {KNN_SHAPE['items']:,} | {KNN_SHAPE['k']} | {row['times'][0]:.1f} "
+            f"| {row['maxrss_mb']:.0f} | < 4096 |"
+        )
+    return lines
+
+
+def machine_line(threads: int, load: tuple[float, float]) -> str:
     models = [
         line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")
     ]
     cpu = models[0].split(":", 1)[1].strip() if models else platform.processor()
     command = " ".join([".venv/bin/python scripts/bench.py", *sys.argv[1:]])
-    machine = (
+    return (
         f"{datetime.date.today().isoformat()}, `{command}`: {cpu}, nproc {os.cpu_count()}, torch "
         f"{torch.__version__} ({threads} threads), lightning {lightning.__version__}, Python "
         f"{platform.python_version()}; load average {load[0]:.1f} before, {load[1]:.1f} after."
     )
-    return "\n".join([BEGIN, machine, "", *table(results), "", HOW, END])
+
+
+MODELS_HOW = """Each model is built from its `configs/model/<name>.yaml` defaults (MMRec's), trained on tiktok through
+`Trainer.fit` as in the core table (batch 2048, Adam lr 1e-3; MG alpha1 1, alpha2 0.2, beta 3), each cell a
+fresh process; per-epoch graph work (FREEDOM's pruning, LATTICE's graph rebuild) is inside the epoch. The
+validation pass is as in the core table; the peak is the largest of the model's three processes."""
+KNN_HOW = """`mgrec.graphs.knn_graph(features, k=10)` (cosine, block-wise, 1,024 rows per block) over random float32
+features, one build per fresh process; the peak includes the 63,001 x dim features themselves."""
+
+
+def write_block(out: Path, suite: str, body: str) -> None:
+    """Replace the text between the suite's markers in `out` (appending the markers when missing)."""
+    begin, end = (
+        (BEGIN, END) if suite == "core" else (f"<!-- bench-{suite}:begin -->", f"<!-- bench-{suite}:end -->")
+    )
+    text = out.read_text() if out.is_file() else "# Benchmarks\n"
+    if begin not in text or end not in text:
+        text = text.rstrip("\n") + f"\n\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(head + begin + "\n" + body + "\n" + end + rest.split(end, 1)[1])
+    print(f"wrote {out} ({suite})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--suite", choices=["core", "models", "knn", "all"], default="all")
     parser.add_argument("--data", choices=[*DATASETS, "all"], default="all")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions after one warm-up")
+    parser.add_argument("--models", default=",".join(MULTIMODAL), help="models of the `models` suite")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
@@ -227,31 +327,53 @@ def main() -> None:
             json.dumps(child(args.child, name, args.data_dir / DATASETS[name][0], args.repeats, args.threads))
         )
         return
-    results: dict[str, dict[str, dict[str, Any]]] = {}
     threads, load = 0, os.getloadavg()[0]
     if load > 0.5 * (os.cpu_count() or 1):
         print(f"warning: load average {load:.1f}; beside other processes, multi-threaded timings can be")
         print("many times slower (OpenMP threads wait for each other): rerun when idle, or use --threads 1")
-    for name in DATASETS if args.data == "all" else [args.data]:
-        inter = args.data_dir / DATASETS[name][0] / f"{name}.inter"
-        if not inter.is_file():
-            print(f"skipping {name}: {inter} not found")
-            continue
-        results[name] = {}
-        for key, label in MEASUREMENTS.items():
-            row = results[name][key] = run_child(key, name, inter.parent, args)
+    suites = ["core", "models", "knn"] if args.suite == "all" else [args.suite]
+    if "core" in suites:
+        results: dict[str, dict[str, dict[str, Any]]] = {}
+        for name in DATASETS if args.data == "all" else [args.data]:
+            inter = args.data_dir / DATASETS[name][0] / f"{name}.inter"
+            if not inter.is_file():
+                print(f"skipping {name}: {inter} not found")
+                continue
+            results[name] = {}
+            for key, label in MEASUREMENTS.items():
+                row = results[name][key] = run_child(key, name, inter.parent, args)
+                threads = row["threads"]
+                print(
+                    f"{name:7s} {label:34s} {fmt(row['times'])} s, peak {row['maxrss_mb']:.0f} MB", flush=True
+                )
+        if results:
+            write_block(args.out, "core", report(results, threads, (load, os.getloadavg()[0])))
+        else:
+            print("core: no data set found, nothing measured")
+    if "models" in suites:
+        folder = args.data_dir / DATASETS["tiktok"][0]
+        if (folder / "tiktok.inter").is_file():
+            rows: dict[str, dict[str, Any]] = {}
+            for model in args.models.split(","):
+                for kind in ("adam-lightning", "mg-lightning", "adam-valid"):
+                    row = rows[f"{model}-{kind}"] = run_child(f"{model}-{kind}", "tiktok", folder, args)
+                    threads = row["threads"]
+                    print(
+                        f"tiktok  {model:8s} {kind:15s} {fmt(row['times'])} s, peak {row['maxrss_mb']:.0f} MB",
+                        flush=True,
+                    )
+            body = [machine_line(threads, (load, os.getloadavg()[0])), "", *model_table(rows), "", MODELS_HOW]
+            write_block(args.out, "models", "\n".join(body))
+        else:
+            print(f"models: {folder} not found, nothing measured")
+    if "knn" in suites:
+        rows = {}
+        for dim in KNN_SHAPE["dims"]:
+            row = rows[f"knn-{dim}"] = run_child(f"knn-{dim}", "tiktok", args.data_dir / "tiktok", args)
             threads = row["threads"]
-            print(f"{name:7s} {label:34s} {fmt(row['times'])} s, peak {row['maxrss_mb']:.0f} MB", flush=True)
-    if not results:
-        sys.exit("no data set found: nothing measured")
-    body = report(results, threads, (load, os.getloadavg()[0]))
-    text = args.out.read_text() if args.out.is_file() else ""
-    if BEGIN not in text or END not in text:
-        text = f"# Benchmarks\n\n{BEGIN}\n{END}\n" + (f"\n{text}" if text else "")
-    head, rest = text.split(BEGIN, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(head + body + rest.split(END, 1)[1])
-    print(f"wrote {args.out}")
+            print(f"knn {dim}-d: {row['times'][0]:.1f} s, peak {row['maxrss_mb']:.0f} MB", flush=True)
+        body = [machine_line(threads, (load, os.getloadavg()[0])), "", *knn_table(rows), "", KNN_HOW]
+        write_block(args.out, "knn", "\n".join(body))
 
 
 if __name__ == "__main__":

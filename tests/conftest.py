@@ -64,6 +64,7 @@ def make_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path / "run")
             cfg.paths.log_dir = str(tmp_path / "logs")
+            cfg.paths.cache_dir = str(tmp_path / "cache")
             cfg.hydra.runtime.output_dir = str(tmp_path / "run")
             cfg.hydra.job.num = 0
         HydraConfig().set_config(cfg)

@@ -8,6 +8,12 @@ import torch
 from mgrec.graphs import (
     bipartite_adjacency,
     bipartite_mean_propagation,
+    cached_graph,
+    degree_sensitive_prune,
+    edge_spmm,
+    knn_graph,
+    knn_neighbours,
+    normalize_edges,
     normalized_adjacency,
     normalized_bipartite,
     row_normalize,
@@ -79,3 +85,122 @@ def test_symmetric_spmm_gradient() -> None:
     reference = x.detach().clone().requires_grad_()
     (adjacency.to_dense() @ reference).pow(2).sum().backward()
     torch.testing.assert_close(x.grad, reference.grad)
+
+
+def brute_force_knn(features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dense cosine similarities, neighbours sorted by similarity (the reference for small data)."""
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    order = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(similarity, order, axis=1)
+
+
+@pytest.mark.parametrize("block_size", [1, 7, 64, 1000])
+def test_knn_equals_brute_force_for_any_block_size(block_size: int) -> None:
+    features = np.random.default_rng(1).normal(size=(90, 12)).astype(np.float64)
+    indices, similarities = knn_neighbours(torch.from_numpy(features).float(), k=6, block_size=block_size)
+    expected_indices, expected_similarities = brute_force_knn(features, 6)
+    np.testing.assert_array_equal(indices.numpy(), expected_indices)
+    np.testing.assert_allclose(similarities.numpy(), expected_similarities, atol=1e-5)
+    assert (indices[:, 0] == torch.arange(90)).all()  # every item is its own nearest neighbour
+
+
+def test_knn_graph_is_block_size_independent_and_normalised() -> None:
+    features = torch.randn(200, 16, generator=torch.Generator().manual_seed(2))
+    small = knn_graph(features, k=5, block_size=3)
+    large = knn_graph(features, k=5, block_size=512)
+    # same neighbours; values equal up to the matrix product's rounding, which depends on the block shape
+    np.testing.assert_array_equal(small.indices, large.indices)
+    np.testing.assert_allclose(small.data, large.data, atol=1e-6)
+    assert np.all(np.diff(small.indptr) == 5)
+    binary = knn_graph(features, k=5, weighted=False, normalization="row")
+    np.testing.assert_allclose(np.asarray(binary.sum(axis=1)).ravel(), 1.0, rtol=1e-6)
+    # symmetric normalisation of a binary 5-NN graph by row sums: every value is 1 / sqrt(5 * 5)
+    symmetric = knn_graph(features, k=5, weighted=False, normalization="sym")
+    np.testing.assert_allclose(symmetric.data, 0.2, rtol=1e-6)
+
+
+def test_knn_graph_weighted_values_follow_mmrec_laplacian() -> None:
+    features = np.random.default_rng(3).random((40, 6))
+    graph = knn_graph(torch.from_numpy(features).float(), k=4).toarray()
+    order, similarity = brute_force_knn(features, 4)
+    dense = np.zeros((40, 40))
+    np.put_along_axis(dense, order, similarity, axis=1)
+    inv_sqrt = dense.sum(1) ** -0.5  # MMRec's compute_normalized_laplacian: row sums on both sides
+    np.testing.assert_allclose(graph, inv_sqrt[:, None] * dense * inv_sqrt[None, :], atol=1e-6)
+
+
+def test_knn_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="k must be"):
+        knn_neighbours(torch.randn(5, 2), k=0)
+    with pytest.raises(ValueError, match="normalization"):
+        normalize_edges(
+            torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), torch.ones(1), 1, "l1"
+        )
+
+
+def test_edge_spmm_matches_dense_product_and_its_gradients() -> None:
+    generator = torch.Generator().manual_seed(4)
+    rows, cols = torch.tensor([0, 0, 2, 3, 3]), torch.tensor([1, 3, 2, 0, 1])
+    values = torch.rand(5, generator=generator, requires_grad=True)
+    x = torch.randn(4, 3, generator=generator, requires_grad=True)
+    out = edge_spmm(rows, cols, values, x, n_rows=4)
+    dense = torch.zeros(4, 4).index_put((rows, cols), values)
+    torch.testing.assert_close(out, dense @ x)
+    out.square().sum().backward()
+    expected_values, expected_x = torch.autograd.grad((dense @ x).square().sum(), [values, x])
+    torch.testing.assert_close(values.grad, expected_values)
+    torch.testing.assert_close(x.grad, expected_x)
+
+
+def test_degree_sensitive_prune_keeps_a_subset_and_drops_popular_edges_more() -> None:
+    rng = np.random.default_rng(5)
+    # user 0 and item 0 are hubs: their edges have the smallest weights 1 / sqrt(d_u d_i)
+    dense = (rng.random((300, 80)) < 0.05).astype(np.float32)
+    dense[0, :] = 1
+    dense[:, 0] = 1
+    train = sp.csr_matrix(dense)
+    kept_counts = np.zeros_like(dense)
+    for seed in range(40):
+        kept = degree_sensitive_prune(train, 0.5, torch.Generator().manual_seed(seed))
+        assert kept.nnz == int(train.nnz * 0.5)
+        assert (kept - kept.multiply(train)).nnz == 0  # a subset of the training edges
+        kept_counts += kept.toarray()
+    hub_rate = kept_counts[0, 1:].mean() / 40
+    other = dense.copy()
+    other[0, :] = 0
+    other[:, 0] = 0
+    other_rate = kept_counts[other > 0].mean() / 40
+    assert hub_rate < 0.5 * other_rate
+    same = degree_sensitive_prune(train, 0.5, torch.Generator().manual_seed(0))
+    again = degree_sensitive_prune(train, 0.5, torch.Generator().manual_seed(0))
+    assert (same != again).nnz == 0
+    assert degree_sensitive_prune(train, 1.0).nnz == train.nnz
+    with pytest.raises(ValueError, match="keep_ratio"):
+        degree_sensitive_prune(train, 0.0)
+
+
+def test_graph_cache_is_keyed_by_content_and_parameters(tmp_path) -> None:
+    calls: list[int] = []
+
+    def build(value: float) -> sp.csr_matrix:
+        calls.append(1)
+        return sp.csr_matrix(np.full((2, 2), value, dtype=np.float32))
+
+    first = cached_graph(tmp_path, "knn", {"data": "a", "k": 10}, lambda: build(1.0))
+    again = cached_graph(tmp_path, "knn", {"data": "a", "k": 10}, lambda: build(9.0))
+    assert len(calls) == 1 and (first != again).nnz == 0  # reused
+    changed = cached_graph(tmp_path, "knn", {"data": "b", "k": 10}, lambda: build(2.0))
+    other_k = cached_graph(tmp_path, "knn", {"data": "a", "k": 5}, lambda: build(3.0))
+    assert len(calls) == 3 and changed[0, 0] == 2.0 and other_k[0, 0] == 3.0
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".npz"] * 3  # no temporary files left
+    assert cached_graph(None, "knn", {}, lambda: build(4.0))[0, 0] == 4.0
+
+
+def test_graph_cache_failed_build_leaves_nothing(tmp_path) -> None:
+    def broken() -> sp.csr_matrix:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        cached_graph(tmp_path, "knn", {"data": "a"}, broken)
+    assert list(tmp_path.iterdir()) == []
