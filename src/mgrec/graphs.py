@@ -95,6 +95,34 @@ def symmetric_spmm(adjacency: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return _SymmetricSparseMM.apply(adjacency, x)
 
 
+class _TransposedSpMM(torch.autograd.Function):
+    """y = S x with S^T given for the backward pass (autograd through a CSR product would transpose S on
+    every call)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        matrix: torch.Tensor,
+        transpose: torch.Tensor,
+        x: torch.Tensor,
+    ) -> torch.Tensor:
+        ctx.transpose = transpose
+        return torch.sparse.mm(matrix, x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[None, None, torch.Tensor]:
+        return None, None, torch.sparse.mm(ctx.transpose, grad.contiguous())
+
+
+def transposed_spmm(matrix: torch.Tensor, transpose: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """S x with gradient S^T g with respect to x only, for a non-symmetric sparse S (a kNN graph, a
+    row-normalised adjacency) whose transpose `transpose` = S^T is built once."""
+    return _TransposedSpMM.apply(matrix, transpose, x)
+
+
 def normalized_bipartite(train: sp.csr_matrix) -> tuple[torch.Tensor, torch.Tensor]:
     """The two non-zero blocks of `normalized_adjacency`: R~ = D_u^{-1/2} R D_i^{-1/2} [n_users, n_items]
     and its transpose [n_items, n_users], each as torch sparse CSR (same values as the full matrix)."""
@@ -318,6 +346,7 @@ def cached_graph(
             temporary = Path(handle.name)
         try:
             sp.save_npz(temporary, graph, compressed=False)
+            temporary.chmod(0o644)  # NamedTemporaryFile makes 0600; a shared cache must be readable
             os.replace(temporary, path)
         finally:
             temporary.unlink(missing_ok=True)

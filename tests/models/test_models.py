@@ -148,7 +148,9 @@ def test_every_parameter_gets_a_gradient(model_name: str, tiny_data: Interaction
     batch = next(iter(InMemory(tiny_data).train_dataloader()))
     model.loss(batch).backward()
     for name, parameter in model.named_parameters():
-        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+        # above rounding noise: a parameter whose true gradient is zero (e.g. a bias that cancels in a BPR
+        # difference) still collects ~1e-9 from float error
+        assert parameter.grad is not None and parameter.grad.abs().max() > 1e-7, name
 
 
 def test_recommend_excludes_training_items(tiny_data: InteractionData) -> None:
