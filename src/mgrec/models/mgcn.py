@@ -20,7 +20,7 @@ from mgrec.graphs import (
     transposed_spmm,
 )
 from mgrec.models.base import Recommender
-from mgrec.models.losses import bpr_loss
+from mgrec.models.losses import bpr_loss, in_batch_infonce
 from mgrec.models.multimodal import ModalityFeatures, graph_key, require_modalities
 
 
@@ -139,10 +139,10 @@ class MGCN(Recommender):
         return content + side, side
 
     def info_nce(self, view1: Tensor, view2: Tensor) -> Tensor:
-        """MMRec's InfoNCE with in-batch negatives, as one cross-entropy over the [B, B] cosine logits."""
-        # 1 / tau scales a [B, d] operand, not the [B, B] logits
-        logits = (F.normalize(view1, dim=1) / self.hparams.temperature) @ F.normalize(view2, dim=1).T
-        return F.cross_entropy(logits, torch.arange(len(view1), device=logits.device))
+        """MMRec's InfoNCE with in-batch negatives on cosine similarities."""
+        return in_batch_infonce(
+            F.normalize(view1, dim=1), F.normalize(view2, dim=1), self.hparams.temperature
+        )
 
     def representations(self) -> tuple[Tensor, Tensor]:
         """Final user and item embeddings [n_users, d], [n_items, d]."""
