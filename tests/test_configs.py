@@ -21,7 +21,7 @@ def options(group: str) -> list[str]:
 
 def test_defaults_are_documented_ones(make_cfg: Callable[..., DictConfig]) -> None:
     cfg = make_cfg(fast=False)
-    assert component_names(cfg) == {"model": "lightgcn", "data": "ml100k", "optimizer": "adam"}
+    assert component_names(cfg) == {"model": "bm3", "data": "ml100k", "optimizer": "adam"}
     assert cfg.optimized_metric == "val/recall@20"
     assert cfg.callbacks.early_stopping.patience == 20
     assert cfg.trainer.max_epochs == 1000
@@ -86,7 +86,7 @@ def test_loggers_instantiate_offline(
     cfg = make_cfg(f"logger={logger}")
     if "wandb" in cfg.logger:
         assert cfg.logger.wandb.offline is True
-        assert cfg.logger.wandb.name == "lightgcn-synthetic-adam-seed0"
+        assert cfg.logger.wandb.name == "bm3-synthetic-adam-seed0"
     assert instantiate_loggers(cfg.logger)
 
 

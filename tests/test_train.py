@@ -40,7 +40,7 @@ def test_train_writes_run_folder_and_metrics(make_cfg: Callable[..., DictConfig]
     assert (saved["seed"], saved["optimizer"], saved["model"], saved["data"]) == (
         7,
         "mg",
-        "lightgcn",
+        "bm3",
         "synthetic",
     )
     assert 0 <= saved["best_epoch"] < 3
