@@ -4,7 +4,8 @@
 #
 #   bash scripts/results.sh [models] [data sets] [max epochs]     e.g. bash scripts/results.sh vbpr,bm3 tiktok 60
 #
-# Runs go to logs/results/<data>_<model>/ (a Hydra multirun each). Two data sets run side by side, one torch
+# Runs go to logs/results/<data>_<model>/ (a Hydra multirun each; seeds outermost, so a run cut short still
+# holds Adam / MG pairs). Two data sets run side by side, one torch
 # thread each (faster than two threads per run on a 2-core machine). Epochs: early stopping on validation
 # Recall@20 (patience 20) within the max-epochs cap.
 set -euo pipefail
@@ -18,7 +19,7 @@ COMMON=(extras.print_config=false trainer.enable_progress_bar=false "~callbacks.
 run_data() {
   local data=$1
   for model in ${MODELS//,/ }; do
-    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$PY" train.py -m "model=$model" "data=$data" optimizer=adam,mg seed=0,1,2 \
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$PY" train.py -m "model=$model" "data=$data" seed=0,1,2 optimizer=adam,mg \
       "trainer.max_epochs=$MAX_EPOCHS" "${COMMON[@]}" "hydra.sweep.dir=logs/results/${data}_${model}" \
       > "logs/results/${data}_${model}.log" 2>&1 || echo "failed: $model on $data (logs/results/${data}_${model}.log)"
   done
