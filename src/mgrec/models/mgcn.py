@@ -80,8 +80,6 @@ class MGCN(Recommender):
         **kwargs: Any,
     ) -> None:
         super().__init__(data, **kwargs)
-        if data is None:
-            raise ValueError("MGCN needs `data` (an InteractionData with item modalities) to be built")
         modalities = require_modalities("MGCN", data)
         self.modality_names = list(modalities)
         d = embedding_size

@@ -15,8 +15,10 @@ from torch import Tensor, nn
 from mgrec.data.interactions import InteractionData, fingerprint
 
 
-def require_modalities(model: str, data: InteractionData) -> dict[str, Tensor]:
-    """The data set's modalities, or a clear error when it has none."""
+def require_modalities(model: str, data: InteractionData | None) -> dict[str, Tensor]:
+    """The data set's modalities, or a clear error when there is no data set or it has none."""
+    if data is None:
+        raise ValueError(f"{model} needs `data` (an InteractionData with item modalities) to be built")
     if not data.modalities:
         raise ValueError(
             f"{model} is a multimodal model and needs at least one item modality, but data set "

@@ -93,8 +93,6 @@ class SLMRec(Recommender):
         **kwargs: Any,
     ) -> None:
         super().__init__(data, **kwargs)
-        if data is None:
-            raise ValueError("SLMRec needs `data` (an InteractionData with item modalities) to be built")
         modalities = require_modalities("SLMRec", data)
         self.modality_names = list(modalities)
         d = embedding_size
