@@ -204,3 +204,27 @@ def test_graph_cache_failed_build_leaves_nothing(tmp_path) -> None:
     with pytest.raises(RuntimeError, match="boom"):
         cached_graph(tmp_path, "knn", {"data": "a"}, broken)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_graph_key_follows_the_modality_values_only_and_is_lazy(tmp_path) -> None:
+    import dataclasses
+
+    from mgrec.models.multimodal import graph_key
+    from tests.conftest import tiny_multimodal
+
+    data = tiny_multimodal(2)
+    base = graph_key(data, "image", k=10)()
+    other_text = dataclasses.replace(
+        data, modalities={**data.modalities, "text": data.modalities["text"] + 1}
+    )
+    other_image = dataclasses.replace(
+        data, modalities={**data.modalities, "image": data.modalities["image"] + 1}
+    )
+    assert graph_key(other_text, "image", k=10)() == base
+    assert graph_key(other_image, "image", k=10)() != base
+    assert graph_key(data, "image", k=5)() != base
+
+    def never() -> dict:
+        raise AssertionError("the key must not be computed with the cache off")
+
+    assert cached_graph(None, "knn", never, lambda: sp.eye(2, format="csr"))[0, 0] == 1.0

@@ -325,16 +325,21 @@ def degree_sensitive_prune(
 
 # --------------------------------------------------------------------------- graph cache
 def cached_graph(
-    cache_dir: str | Path | None, name: str, key: dict[str, Any], build: Callable[[], sp.csr_matrix]
+    cache_dir: str | Path | None,
+    name: str,
+    key: dict[str, Any] | Callable[[], dict[str, Any]],
+    build: Callable[[], sp.csr_matrix],
 ) -> sp.csr_matrix:
     """`build()`, or its result from `cache_dir/<name>-<hash of key>.npz` when a previous run made it.
 
-    `key` must hold everything the graph depends on: the data's content fingerprint (features included,
-    so a changed feature file never reuses a stale graph) and the graph's parameters. Written atomically,
+    `key` (or a function returning it, called only when caching is on) must hold everything the graph
+    depends on: a hash of the feature values it is built from (so a changed feature file never reuses a
+    stale graph) and the graph's parameters. Written atomically,
     by rank 0 only; `cache_dir=None` disables caching.
     """
     if cache_dir is None:
         return build()
+    key = key() if callable(key) else key
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
     path = Path(cache_dir) / f"{name}-{digest}.npz"
     if path.exists():

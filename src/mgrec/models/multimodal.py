@@ -7,12 +7,13 @@ Every multimodal model takes any non-empty set of named modalities (`data.modali
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import Tensor, nn
 
-from mgrec.data.interactions import InteractionData, fingerprint
+from mgrec.data.interactions import InteractionData
 
 
 def require_modalities(model: str, data: InteractionData | None) -> dict[str, Tensor]:
@@ -70,6 +71,14 @@ class ModalityFeatures(nn.Module):
         return {name: int(self[name].shape[1]) for name in self.names}
 
 
-def graph_key(data: InteractionData, modality: str | None = None, **params: Any) -> dict[str, Any]:
-    """The cache key of a graph built from `data` (its interactions and feature contents) and `params`."""
-    return {"data": fingerprint(data, features=True), "modality": modality, **params}
+def graph_key(data: InteractionData, modality: str, **params: Any) -> Callable[[], dict[str, Any]]:
+    """The cache key of a graph built from one modality's features and `params`: a hash of that modality's
+    values only (a kNN graph does not depend on the interactions or on other modalities), computed only when
+    `cached_graph` needs it (not at all with the cache off)."""
+
+    def key() -> dict[str, Any]:
+        values = data.modalities[modality].detach().cpu().contiguous().numpy()
+        digest = hashlib.sha256(str((values.dtype, values.shape)).encode() + values.tobytes()).hexdigest()
+        return {"features": digest[:20], "modality": modality, **params}
+
+    return key
