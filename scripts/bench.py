@@ -1,11 +1,13 @@
 """Speed and memory benchmarks on the real data sets; writes tables into docs/benchmarks.md.
 
-    .venv/bin/python scripts/bench.py [--suite core|models|knn|all] [--data baby|tiktok|all] [--repeats N]
+    .venv/bin/python scripts/bench.py [--suite core|models|knn|usergraph|all] [--data baby|tiktok|all]
+                                      [--repeats N] [--models a,b]
                                       [--out docs/benchmarks.md] [--threads N] [--data-dir ../shared/data]
 
 Suites: `core` (sampling, LightGCN and BPR on baby_interactions and tiktok), `models` (every multimodal model
-on tiktok: training epoch with Adam and with MG, validation pass, peak memory), `knn` (the item-item kNN
-graph at Elec's shape, synthetic).
+and the general ones on tiktok: training epoch with Adam and with MG, validation pass, peak memory), `knn`
+(the item-item kNN graph at Elec's shape, synthetic), `usergraph` (DualGNN's / DRAGON's user co-occurrence
+graph at Elec's user, item and interaction counts, synthetic).
 
 Every measurement runs in a fresh Python process (this script with ``--child``), so its peak RSS is its own.
 Only the text between the two ``bench`` markers of the output file is replaced; notes around it are kept.
@@ -35,10 +37,10 @@ from hydra.utils import instantiate
 from lightning.pytorch import Callback, Trainer, seed_everything
 from omegaconf import OmegaConf
 
-from mgrec.data import InteractionData, read_mmrec
+from mgrec.data import InteractionData, make_synthetic, read_mmrec
 from mgrec.data.datamodule import RecDataModule, eval_batches
 from mgrec.data.sampling import EpochBatchSampler
-from mgrec.graphs import knn_graph
+from mgrec.graphs import knn_graph, user_cooccurrence_graph
 from mgrec.models import Recommender
 from mgrec.optim import MirrorGradient
 
@@ -64,7 +66,12 @@ MEASUREMENTS = {  # key (model-optimizer-runner): what is timed
     "bpr-adam-loop": "BPR epoch, Adam, bare loop",
     "bpr-adam-valid": "BPR validation pass",
 }
-MULTIMODAL = ["vbpr", "bm3", "freedom", "lattice", "mgcn", "slmrec"]
+MULTIMODAL = [
+    *("vbpr", "bm3", "freedom", "lattice", "mgcn", "slmrec"),
+    *("mmgcn", "grcn", "dualgnn", "dragon", "mvgae", "itemknncbf"),
+]
+GENERAL = ["layergcn", "selfcfed_lgn"]  # collaborative models of the MG code release, no features
+UNTRAINED = {"itemknncbf"}  # nothing to train: only the validation pass is measured
 MODEL_TARGETS = {  # model: MMRec's seconds per training epoch on tiktok, this 2-core CPU (issue 3)
     "vbpr": 0.63,
     "bm3": 1.87,
@@ -72,6 +79,8 @@ MODEL_TARGETS = {  # model: MMRec's seconds per training epoch on tiktok, this 2
 }
 MMREC_TIKTOK_VALID = 0.43
 KNN_SHAPE = {"items": 63_001, "dims": (4096, 384), "k": 10}  # Elec's item count and feature widths
+ELEC_SHAPE = {"n_users": 192_403, "n_items": 63_001, "n_interactions": 1_689_188}
+USER_GRAPH_K = 40  # MMRec's DualGNN / DRAGON k
 TARGETS = {  # key: (MMRec on this 2-core CPU, target), for baby
     "sampling": ("", "< 0.1 s"),
     "lightgcn-adam-loop": ("2.4 s", "< 1.2 s"),
@@ -170,10 +179,30 @@ def knn_build(dim: int) -> list[float]:
     return [time.perf_counter() - start]
 
 
+def user_graph_build() -> dict[str, Any]:
+    """One user co-occurrence graph build over synthetic interactions of Elec's size."""
+    train = make_synthetic(**ELEC_SHAPE, modalities={}, seed=SEED).train
+    item_degree = train.sum(axis=0).A1
+    before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    graph = user_cooccurrence_graph(train, USER_GRAPH_K)
+    return {
+        "times": [time.perf_counter() - start],
+        "data_mb": before_mb,
+        "pairs": float((item_degree.astype(float) ** 2).sum()),
+        "max_item_degree": int(item_degree.max()),
+        "nnz": int(graph.nnz),
+    }
+
+
 def child(kind: str, name: str, folder: Path, repeats: int, threads: int) -> dict[str, Any]:
     warnings.filterwarnings("ignore")
     if threads:
         torch.set_num_threads(threads)
+    if kind == "usergraph":
+        row = user_graph_build()
+        row["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return {**row, "threads": torch.get_num_threads()}
     if kind.startswith("knn-"):
         times = knn_build(int(kind.split("-")[1]))
         maxrss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -241,10 +270,15 @@ def model_table(rows: dict[str, dict[str, Any]]) -> list[str]:
         "| MMRec epoch | target epoch |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for model in MULTIMODAL:
+    for model in [*MULTIMODAL, *GENERAL]:
         adam, mg, valid = (
             rows.get(f"{model}-{kind}") for kind in ("adam-lightning", "mg-lightning", "adam-valid")
         )
+        if valid and model in UNTRAINED:
+            lines.append(
+                f"| {model} | no training | no training | | {fmt(valid['times'])} | {valid['maxrss_mb']:.0f} | | |"
+            )
+            continue
         if not (adam and mg and valid):
             continue
         ratio = statistics.median(mg["times"]) / statistics.median(adam["times"])
@@ -273,6 +307,17 @@ def knn_table(rows: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def user_graph_table(row: dict[str, Any]) -> list[str]:
+    return [
+        "| users | items | interactions | k | co-interaction pairs | build (s) | data alone MB | peak RSS MB "
+        "| limit |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {ELEC_SHAPE['n_users']:,} | {ELEC_SHAPE['n_items']:,} | {ELEC_SHAPE['n_interactions']:,} "
+        f"| {USER_GRAPH_K} | {row['pairs'] / 1e9:.2f} billion | {row['times'][0]:.1f} | {row['data_mb']:.0f} "
+        f"| {row['maxrss_mb']:.0f} | a few GB |",
+    ]
+
+
 def machine_line(threads: int, load: tuple[float, float]) -> str:
     models = [
         line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")
@@ -290,6 +335,9 @@ MODELS_HOW = """Each model is built from its `configs/model/<name>.yaml` default
 `Trainer.fit` as in the core table (batch 2048, Adam lr 1e-3; MG alpha1 1, alpha2 0.2, beta 3), each cell a
 fresh process; per-epoch graph work (FREEDOM's pruning, LATTICE's graph rebuild) is inside the epoch. The
 validation pass is as in the core table; the peak is the largest of the model's three processes."""
+USER_GRAPH_HOW = """`mgrec.graphs.user_cooccurrence_graph(train, k=40)` over `make_synthetic` interactions of Elec's size
+(Zipf popularity, exponent 0.8), one build in a fresh process. Co-interaction pairs = sum over items of
+degree^2, the work of R R^T; "data alone" is the peak before the build (Python, torch, the generator)."""
 KNN_HOW = """`mgrec.graphs.knn_graph(features, k=10)` (cosine, block-wise, 1,024 rows per block) over random float32
 features, one build per fresh process; the peak includes the 63,001 x dim features themselves."""
 
@@ -312,10 +360,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--suite", choices=["core", "models", "knn", "all"], default="all")
+    parser.add_argument("--suite", choices=["core", "models", "knn", "usergraph", "all"], default="all")
     parser.add_argument("--data", choices=[*DATASETS, "all"], default="all")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions after one warm-up")
-    parser.add_argument("--models", default=",".join(MULTIMODAL), help="models of the `models` suite")
+    parser.add_argument(
+        "--models", default=",".join([*MULTIMODAL, *GENERAL]), help="models of the `models` suite"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
@@ -331,7 +381,7 @@ def main() -> None:
     if load > 0.5 * (os.cpu_count() or 1):
         print(f"warning: load average {load:.1f}; beside other processes, multi-threaded timings can be")
         print("many times slower (OpenMP threads wait for each other): rerun when idle, or use --threads 1")
-    suites = ["core", "models", "knn"] if args.suite == "all" else [args.suite]
+    suites = ["core", "models", "knn", "usergraph"] if args.suite == "all" else [args.suite]
     if "core" in suites:
         results: dict[str, dict[str, dict[str, Any]]] = {}
         for name in DATASETS if args.data == "all" else [args.data]:
@@ -355,7 +405,12 @@ def main() -> None:
         if (folder / "tiktok.inter").is_file():
             rows: dict[str, dict[str, Any]] = {}
             for model in args.models.split(","):
-                for kind in ("adam-lightning", "mg-lightning", "adam-valid"):
+                kinds = (
+                    ("adam-valid",)
+                    if model in UNTRAINED
+                    else ("adam-lightning", "mg-lightning", "adam-valid")
+                )
+                for kind in kinds:
                     row = rows[f"{model}-{kind}"] = run_child(f"{model}-{kind}", "tiktok", folder, args)
                     threads = row["threads"]
                     print(
@@ -374,6 +429,11 @@ def main() -> None:
             print(f"knn {dim}-d: {row['times'][0]:.1f} s, peak {row['maxrss_mb']:.0f} MB", flush=True)
         body = [machine_line(threads, (load, os.getloadavg()[0])), "", *knn_table(rows), "", KNN_HOW]
         write_block(args.out, "knn", "\n".join(body))
+    if "usergraph" in suites:
+        row = run_child("usergraph", "tiktok", args.data_dir / "tiktok", args)
+        print(f"user graph: {row['times'][0]:.1f} s, peak {row['maxrss_mb']:.0f} MB", flush=True)
+        body = [machine_line(row["threads"], (load, os.getloadavg()[0])), "", *user_graph_table(row), ""]
+        write_block(args.out, "usergraph", "\n".join([*body, USER_GRAPH_HOW]))
 
 
 if __name__ == "__main__":

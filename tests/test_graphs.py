@@ -10,15 +10,19 @@ from mgrec.graphs import (
     bipartite_mean_propagation,
     cached_graph,
     degree_sensitive_prune,
+    edge_softmax,
     edge_spmm,
     knn_graph,
     knn_neighbours,
+    neighbour_table,
     normalize_edges,
     normalized_adjacency,
     normalized_bipartite,
     row_normalize,
+    sample_neighbours,
     symmetric_normalize,
     symmetric_spmm,
+    user_cooccurrence_graph,
 )
 
 
@@ -228,3 +232,98 @@ def test_graph_key_follows_the_modality_values_only_and_is_lazy(tmp_path) -> Non
         raise AssertionError("the key must not be computed with the cache off")
 
     assert cached_graph(None, "knn", never, lambda: sp.eye(2, format="csr"))[0, 0] == 1.0
+
+
+def test_knn_with_shrink_equals_brute_force() -> None:
+    features = torch.randn(60, 7, generator=torch.Generator().manual_seed(0)) * torch.rand(60, 1) * 5
+    features[3] = 0.0
+    norm = features.double().norm(dim=1, keepdim=True)
+    similarity = (features.double() @ features.double().T) / (norm * norm.T + 10.0)
+    values, _ = similarity.topk(4, dim=1)
+    indices, got = knn_neighbours(features, 4, block_size=7, shrink=10.0)
+    torch.testing.assert_close(got.double(), values, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(similarity.gather(1, indices), values, rtol=1e-5, atol=1e-6)
+
+
+def random_interactions(n_users: int, n_items: int, density: float, seed: int) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    dense = (rng.random((n_users, n_items)) < density).astype(np.float32)
+    dense[5] = 0.0  # a user without interactions
+    return sp.csr_matrix(dense)
+
+
+def brute_force_user_graph(train: sp.csr_matrix, k: int) -> dict[int, list[tuple[int, float]]]:
+    """Dense R R^T without its diagonal; per user its k largest counts, ties by the smaller user id."""
+    binary = (train.toarray() > 0).astype(np.int64)
+    counts = binary @ binary.T
+    np.fill_diagonal(counts, 0)
+    graph = {}
+    for user, row in enumerate(counts):
+        ranked = sorted(((-int(c), v) for v, c in enumerate(row) if c > 0))[:k]
+        graph[user] = [(v, float(-c)) for c, v in ranked]
+    return graph
+
+
+@pytest.mark.parametrize("k", [1, 3, 20])
+def test_user_cooccurrence_graph_equals_brute_force(k: int) -> None:
+    train = random_interactions(70, 40, 0.08, seed=k)
+    graph = user_cooccurrence_graph(train, k, block_size=16, max_pairs=200)
+    expected = brute_force_user_graph(train, k)
+    for user in range(train.shape[0]):
+        row = graph[user]
+        assert sorted(zip(row.indices.tolist(), row.data.tolist(), strict=True)) == sorted(expected[user])
+    assert graph[5].nnz == 0 and graph.diagonal().sum() == 0
+
+
+def test_user_cooccurrence_graph_is_block_size_independent() -> None:
+    train = random_interactions(120, 50, 0.1, seed=1)
+    reference = user_cooccurrence_graph(train, 5, block_size=10_000, max_pairs=1 << 30)
+    for block_size, max_pairs in ((1, 1), (7, 10_000), (33, 50), (1000, 1)):
+        graph = user_cooccurrence_graph(train, 5, block_size=block_size, max_pairs=max_pairs)
+        assert (graph != reference).nnz == 0
+        np.testing.assert_array_equal(graph.indptr, reference.indptr)
+    with pytest.raises(ValueError, match="k must be"):
+        user_cooccurrence_graph(train, 0)
+
+
+def test_neighbour_table_orders_strongest_first_and_pads() -> None:
+    graph = sp.csr_matrix(
+        (np.array([1, 3, 3, 2], np.float32), (np.array([0, 0, 0, 2]), np.array([1, 4, 2, 0]))), shape=(3, 5)
+    )
+    neighbours, counts, lengths = neighbour_table(graph, 4)
+    assert neighbours[0].tolist() == [2, 4, 1, 0] and counts[0].tolist() == [3, 3, 1, 0]
+    assert lengths.tolist() == [3, 0, 1] and counts[1].sum() == 0
+    with pytest.raises(ValueError, match="more than k"):
+        neighbour_table(graph, 2)
+
+
+def test_sample_neighbours_pads_from_a_users_own_neighbours() -> None:
+    train = random_interactions(80, 30, 0.07, seed=3)
+    k = 6
+    neighbours, counts, lengths = neighbour_table(user_cooccurrence_graph(train, k), k)
+    assert (lengths < k).any() and (lengths == k).any() and (lengths == 0).any()
+    index, weights = sample_neighbours(neighbours, counts, lengths, torch.Generator().manual_seed(0))
+    for user in range(len(lengths)):
+        n = int(lengths[user])
+        if n == 0:
+            assert weights[user].abs().sum() == 0
+            continue
+        own = set(neighbours[user, :n].tolist())
+        assert index[user, :n].tolist() == neighbours[user, :n].tolist()
+        assert set(index[user].tolist()) <= own
+        picked = counts[user, :n][[neighbours[user, :n].tolist().index(v) for v in index[user].tolist()]]
+        torch.testing.assert_close(weights[user], torch.softmax(picked, dim=0))
+    again, _ = sample_neighbours(neighbours, counts, lengths, torch.Generator().manual_seed(0))
+    other, _ = sample_neighbours(neighbours, counts, lengths, torch.Generator().manual_seed(1))
+    assert torch.equal(index, again) and not torch.equal(index, other)
+
+
+def test_edge_softmax_normalises_per_node_and_matches_dense() -> None:
+    index = torch.tensor([0, 0, 2, 2, 2, 3])
+    scores = torch.randn(6, 2, dtype=torch.float64, requires_grad=True)
+    got = edge_softmax(index, scores, 5)
+    expected = torch.cat(
+        [torch.softmax(scores[[0, 1]], 0), torch.softmax(scores[[2, 3, 4]], 0), torch.ones(1, 2)]
+    )
+    torch.testing.assert_close(got, expected.double())
+    assert torch.autograd.gradcheck(lambda s: edge_softmax(index, s, 5), (scores,))

@@ -212,14 +212,17 @@ def bipartite_mean_propagation(
 # --------------------------------------------------------------------------- item-item kNN graphs
 @torch.no_grad()
 def knn_neighbours(
-    features: torch.Tensor, k: int, block_size: int = 1024
+    features: torch.Tensor, k: int, block_size: int = 1024, shrink: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The k nearest rows of every row by cosine similarity, the row itself included (as in MMRec).
 
     Returns `(indices, similarities)`, both [n, k], best first. Computed `block_size` rows at a time, so
     memory is O(n x (k + block_size)), never the dense n x n similarity matrix. A zero row has similarity
-    0 to everything (MMRec's division by the norm would give NaN).
+    0 to everything (MMRec's division by the norm would give NaN). With `shrink` > 0 the similarity is
+    x_i . x_j / (|x_i| |x_j| + shrink) (ItemKNNCBF's shrunk cosine, which favours long vectors).
     """
+    if shrink < 0:
+        raise ValueError(f"shrink must be >= 0, got {shrink}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if block_size < 1:
@@ -229,14 +232,18 @@ def knn_neighbours(
         features = features.float()
     # scale the products by the inverse norms instead of normalising a copy of the features: at Elec's
     # 63,001 x 4,096 that copy alone would be 1 GB
-    inverse_norm = features.norm(dim=1).clamp_min(1e-12).reciprocal()
+    norm = features.norm(dim=1)
+    inverse_norm = norm.clamp_min(1e-12).reciprocal()
     n, k = features.shape[0], min(k, features.shape[0])
     indices = torch.empty(n, k, dtype=torch.long, device=features.device)
     similarities = torch.empty(n, k, dtype=torch.float32, device=features.device)
     for start in range(0, n, block_size):
         stop = min(start + block_size, n)
         block = features[start:stop] @ features.T
-        block.mul_(inverse_norm[start:stop, None]).mul_(inverse_norm[None, :])
+        if shrink > 0:
+            block.div_(torch.outer(norm[start:stop], norm).add_(shrink))
+        else:
+            block.mul_(inverse_norm[start:stop, None]).mul_(inverse_norm[None, :])
         similarities[start:stop], indices[start:stop] = block.topk(k, dim=1)
     return indices, similarities
 
@@ -268,13 +275,15 @@ def knn_graph(
     weighted: bool = True,
     normalization: str = "sym",
     block_size: int = 1024,
+    shrink: float = 0.0,
 ) -> sp.csr_matrix:
     """The item-item kNN graph of `features` as a float32 scipy CSR matrix [n, n].
 
     Row i holds the k most cosine-similar items of i (itself included) with weight = the similarity
-    (`weighted`, LATTICE / MGCN) or 1 (FREEDOM), then normalised by `normalize_edges`.
+    (`weighted`, LATTICE / MGCN / ItemKNNCBF) or 1 (FREEDOM), then normalised by `normalize_edges`;
+    `shrink` as in `knn_neighbours`.
     """
-    indices, similarities = knn_neighbours(features, k, block_size)
+    indices, similarities = knn_neighbours(features, k, block_size, shrink)
     n, k = indices.shape
     rows = torch.arange(n, device=indices.device).repeat_interleave(k)
     cols = indices.reshape(-1)
@@ -294,7 +303,129 @@ def edge_spmm(
     """(S x) for S given by its edges, differentiable in both `values` and `x` (for graphs whose edge
     weights are learned, e.g. LATTICE's): out[r] = sum over edges (r, c, w) of w x[c]."""
     out = x.new_zeros(n_rows, x.shape[1])
-    return out.index_add(0, rows, values.unsqueeze(1) * x[cols])
+    # index_select, not x[cols]: its backward is deterministic on CPU (x[cols]'s index_put is not always)
+    return out.index_add(0, rows, values.unsqueeze(1) * x.index_select(0, cols))
+
+
+def edge_softmax(index: torch.Tensor, scores: torch.Tensor, n_nodes: int) -> torch.Tensor:
+    """Softmax of edge scores [E] or [E, h] over the edges sharing the same `index` node (attention over
+    a node's neighbours), without a Python loop: exp(s - max_group) / sum_group exp(s - max_group)."""
+    shape = (n_nodes, *scores.shape[1:])
+    expanded = index.view(-1, *([1] * (scores.dim() - 1))).expand_as(scores)
+    group_max = scores.new_full(shape, float("-inf")).scatter_reduce(0, expanded, scores.detach(), "amax")
+    exp = (scores - group_max.index_select(0, index)).exp()
+    total = scores.new_zeros(shape).index_add(0, index, exp)
+    return exp / total.index_select(0, index)
+
+
+# --------------------------------------------------------------------------- user-user graphs
+def user_cooccurrence_graph(
+    train: sp.csr_matrix, k: int, block_size: int = 4096, max_pairs: int = 1 << 24
+) -> sp.csr_matrix:
+    """Each user's k strongest co-occurrence neighbours as a float32 scipy CSR [n_users, n_users].
+
+    The weight of (u, v), u != v, is the number of items both interacted with, C = R R^T without its
+    diagonal; row u keeps its k largest entries (ties: the smaller user id first; MMRec's DualGNN
+    preprocessing keeps up to 200). C is computed a block of users at a time, a block being at most
+    `block_size` users and at most `max_pairs` user pairs before merging (sum over the block's items of
+    their degrees), so memory stays O(max_pairs + n_users x k) and never n_users^2 (MMRec's script builds
+    the dense matrix in a Python double loop). The result does not depend on the block sizes.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if block_size < 1 or max_pairs < 1:
+        raise ValueError(f"block_size and max_pairs must be >= 1, got {block_size} and {max_pairs}")
+    binary = train.tocsr().astype(bool).astype(np.float32)
+    binary.sum_duplicates()
+    transpose = binary.T.tocsr()
+    n_users = binary.shape[0]
+    item_degree = np.diff(transpose.indptr)
+    pairs_per_user = binary @ item_degree.astype(np.float64)
+    rows, cols, counts = [], [], []
+    start = 0
+    while start < n_users:
+        budget = np.cumsum(pairs_per_user[start : start + block_size])
+        stop = start + max(1, int(np.searchsorted(budget, max_pairs, side="right")))
+        block = (binary[start:stop] @ transpose).tocoo()
+        off_diagonal = block.row + start != block.col
+        block_rows, block_cols = block.row[off_diagonal], block.col[off_diagonal]
+        block_counts = block.data[off_diagonal]
+        order = _row_major_strongest_first(block_rows, block_counts, block_cols, n_users)
+        block_rows, block_cols, block_counts = block_rows[order], block_cols[order], block_counts[order]
+        keep = _rank_within_row(block_rows, stop - start) < k
+        rows.append(block_rows[keep] + start)
+        cols.append(block_cols[keep])
+        counts.append(block_counts[keep])
+        start = stop
+    graph = sp.csr_matrix(
+        (np.concatenate(counts).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(n_users, n_users),
+    )
+    graph.sort_indices()
+    return graph
+
+
+def _row_major_strongest_first(
+    rows: np.ndarray, counts: np.ndarray, cols: np.ndarray, n_cols: int
+) -> np.ndarray:
+    """The order sorting entries by row, then count descending, then column: one argsort of a packed
+    int64 key (5x faster than `np.lexsort` of the three keys), or lexsort when the key would not fit."""
+    if len(rows) == 0:
+        return np.zeros(0, dtype=np.int64)
+    counts = counts.astype(np.int64)
+    top = int(counts.max())
+    row_bits, count_bits, col_bits = (int(x).bit_length() for x in (rows.max(), top, n_cols))
+    if row_bits + count_bits + col_bits > 62:
+        return np.lexsort((cols, -counts, rows))
+    key = (rows.astype(np.int64) << count_bits | (top - counts)) << col_bits | cols
+    return np.argsort(key)
+
+
+def _rank_within_row(sorted_rows: np.ndarray, n_rows: int) -> np.ndarray:
+    """For entries sorted by row, each entry's position within its row (0 for the row's first)."""
+    per_row = np.bincount(sorted_rows, minlength=n_rows)
+    return np.arange(len(sorted_rows)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+
+
+def neighbour_table(graph: sp.csr_matrix, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The rows of a sparse graph with at most k entries per row as padded tables, strongest first.
+
+    Returns `(neighbours, weights, lengths)`: neighbours [n, k] long and weights [n, k] float32 sorted by
+    weight (descending, ties by the smaller id), and the number of real entries per row; padding slots
+    hold neighbour 0 and weight 0.
+    """
+    coo = graph.tocoo()
+    lengths = np.diff(graph.tocsr().indptr)
+    if lengths.max(initial=0) > k:
+        raise ValueError(f"the graph has rows with up to {lengths.max()} entries, more than k = {k}")
+    order = np.lexsort((coo.col, -coo.data, coo.row))
+    rows, cols, values = coo.row[order], coo.col[order], coo.data[order]
+    slot = _rank_within_row(rows, graph.shape[0])
+    neighbours = np.zeros((graph.shape[0], k), dtype=np.int64)
+    weights = np.zeros((graph.shape[0], k), dtype=np.float32)
+    neighbours[rows, slot], weights[rows, slot] = cols, values
+    return torch.from_numpy(neighbours), torch.from_numpy(weights), torch.from_numpy(lengths.astype(np.int64))
+
+
+def sample_neighbours(
+    neighbours: torch.Tensor,
+    weights: torch.Tensor,
+    lengths: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DualGNN's per-epoch user graph sample: every row gets exactly k neighbours, its real ones first,
+    the empty slots of a row with fewer than k filled by neighbours drawn uniformly with replacement from
+    its real ones; the mixing weights are the softmax of the co-occurrence counts over the k slots. Rows
+    without neighbours get weight 0 everywhere (they aggregate nothing)."""
+    n, k = neighbours.shape
+    slots = torch.arange(k, device=neighbours.device).expand(n, k)
+    uniform = torch.rand(n, k, generator=generator, device="cpu").to(neighbours.device)
+    drawn = (uniform * lengths.clamp_min(1)[:, None]).long().clamp_max(k - 1)
+    real = slots < lengths[:, None]
+    index = torch.where(real, slots, drawn)
+    sampled = neighbours.gather(1, index)
+    mixing = torch.softmax(weights.gather(1, index), dim=1) * (lengths > 0)[:, None]
+    return sampled, mixing
 
 
 # --------------------------------------------------------------------------- user-item edge pruning

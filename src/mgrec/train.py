@@ -70,12 +70,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), **component_names(cfg)})
 
     started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
+    if model.requires_training:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
+    else:
+        log.info(
+            "%s has nothing to train: skipping fit and evaluating at once (optimizer=%s is not used)",
+            type(model).__name__,
+            component_names(cfg).get("optimizer"),
+        )
     train_seconds = time.perf_counter() - started
 
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     best_path = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
-    if best_path is None:
+    if best_path is None and model.requires_training:
         log.warning("no best checkpoint (checkpointing off or no validation): evaluating the final weights")
     metrics: dict[str, Any] = {}
     metrics.update(

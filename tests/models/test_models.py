@@ -29,8 +29,24 @@ MODEL_CASES = {
     "lattice": ("LATTICE", {}),
     "mgcn": ("MGCN", {}),
     "slmrec": ("SLMRec", {}),
+    "mmgcn": ("MMGCN", {"n_layers": 2}),
+    "grcn": ("GRCN", {}),
+    "dualgnn": ("DualGNN", {}),
+    "dragon": ("DRAGON", {}),
+    # on the tiny 17%-dense data MMRec's hardest in-batch negative is mostly a training positive and the
+    # sigmoid of sigmoid embeddings saturates (d = 64): neither learns in 5 epochs (see MVGAE's docstring)
+    "mvgae": (
+        "MVGAE",
+        {"hardest_negative": False},
+    ),  # hardest in-batch negatives: often positives on tiny data
+    "layergcn": ("LayerGCN", {}),
+    "selfcfed_lgn": ("SELFCFED_LGN", {}),
+    "itemknncbf": ("ItemKNNCBF", {}),
 }
-MULTIMODAL = ["vbpr", "bm3", "freedom", "lattice", "mgcn", "slmrec"]
+MULTIMODAL = [
+    *("vbpr", "bm3", "freedom", "lattice", "mgcn", "slmrec"),
+    *("mmgcn", "grcn", "dualgnn", "dragon", "mvgae", "itemknncbf"),
+]
 
 
 def model_class(name: str) -> type[Recommender]:
@@ -127,7 +143,8 @@ def test_same_seed_same_metrics(model_name: str, tiny_data: InteractionData) -> 
     second = fit(model_name, "mg", tiny_data, epochs=2, seed=3)[2]
     other = fit(model_name, "mg", tiny_data, epochs=2, seed=4)[2]
     assert first == second
-    assert first != other
+    if MODELS[model_name][0].requires_training:  # a model with nothing to learn has no randomness
+        assert first != other
 
 
 @pytest.mark.parametrize("model_name", list(MODEL_CASES))
@@ -140,12 +157,18 @@ def test_checkpoint_reload_reproduces_scores(
     users = torch.arange(20)
     reloaded = type(model).load_from_checkpoint(path, data=tiny_data, weights_only=False).eval()
     torch.testing.assert_close(reloaded.score(users), model.eval().score(users))
-    assert reloaded.hparams.embedding_size == model.hparams.embedding_size
+
+    def plain(hparams: dict) -> dict:
+        return {k: v for k, v in hparams.items() if isinstance(v, int | float | str)}
+
+    assert plain(reloaded.hparams) == plain(model.hparams) and len(plain(model.hparams)) > 2
 
 
 @pytest.mark.parametrize("model_name", list(MODEL_CASES))
 def test_every_parameter_gets_a_gradient(model_name: str, tiny_data: InteractionData) -> None:
     model_class, kwargs = MODELS[model_name]
+    if not model_class.requires_training:
+        pytest.skip(f"{model_class.__name__} has no parameters")
     # float64, so a gradient that is zero in exact arithmetic (e.g. of a bias that cancels in a BPR
     # difference) stays below 1e-12 instead of collecting float32 rounding noise of ~1e-9
     model = model_class(tiny_data, **kwargs).double()

@@ -17,6 +17,14 @@ MODEL_MODULES = {
     "LATTICE": "mgrec.models.lattice",
     "MGCN": "mgrec.models.mgcn",
     "SLMRec": "mgrec.models.slmrec",
+    "MMGCN": "mgrec.models.mmgcn",
+    "GRCN": "mgrec.models.grcn",
+    "DualGNN": "mgrec.models.dualgnn",
+    "DRAGON": "mgrec.models.dragon",
+    "MVGAE": "mgrec.models.mvgae",
+    "LayerGCN": "mgrec.models.layergcn",
+    "SELFCFED_LGN": "mgrec.models.selfcfed_lgn",
+    "ItemKNNCBF": "mgrec.models.itemknncbf",
 }
 
 __all__ = ["MODEL_MODULES", "Recommender", *MODEL_MODULES]

@@ -36,6 +36,8 @@ class Recommender(LightningModule):
     """Base class of all recommenders; see the module docstring for the contract."""
 
     monitor: str = "val/recall@20"
+    # False for a model with nothing to learn (ItemKNNCBF): the training task then skips fitting
+    requires_training: bool = True
 
     def __init__(
         self,
