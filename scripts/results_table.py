@@ -27,7 +27,11 @@ def markdown_table(folder: str, metrics: list[str], models: list[str] | None = N
     header = [*keys, "seeds", "best epoch", *metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group, frame in grouped:
-        cells = [*group, str(len(frame)), " ".join(str(int(e)) for e in frame["best_epoch"])]
+        cells = [
+            *group,
+            str(len(frame)),
+            " ".join("-" if e != e else str(int(e)) for e in frame["best_epoch"]),
+        ]
         for metric in metrics:
             values = frame[metric]
             spread = f" ± {values.std(ddof=1):.4f}" if len(values) > 1 else ""

@@ -53,15 +53,26 @@ def test_lightgcn_beats_most_popular_on_ml100k(make_cfg: Callable[..., DictConfi
 # VBPR is matrix factorisation plus a content term; like BPR (0.052 fully trained, docs/results.md) it stays
 # below most-popular on TikTok with MMRec's defaults (0.049 at 40 epochs), so its bar is 0.75 x most-popular
 MARGINS = {"vbpr": 0.75}
+# the models of issue 4 run 20 epochs (their slower epochs must fit CI); the first six 40
+EPOCHS = {"vbpr": 40, "bm3": 40, "freedom": 40, "lattice": 40, "mgcn": 40, "slmrec": 40}
+TIKTOK_MODELS = [
+    *("vbpr", "bm3", "freedom", "lattice", "mgcn", "slmrec", "mmgcn", "grcn", "dualgnn", "dragon"),
+    *("mvgae", "itemknncbf", "layergcn", "selfcfed_lgn"),
+]
 
 
-@pytest.mark.parametrize("model", ["vbpr", "bm3", "freedom", "lattice", "mgcn", "slmrec"])
-def test_multimodal_model_beats_most_popular_on_tiktok(
-    make_cfg: Callable[..., DictConfig], model: str
-) -> None:
-    """Each multimodal model, 40 epochs with its MMRec defaults, beats most-popular (Recall@20 0.060)."""
+@pytest.mark.parametrize("model", TIKTOK_MODELS)
+def test_model_beats_most_popular_on_tiktok(make_cfg: Callable[..., DictConfig], model: str) -> None:
+    """Each model with its MMRec defaults, 40 or 20 epochs, beats most-popular (Recall@20 0.060)."""
     path = shared_dataset("tiktok")
     popular = most_popular(read_mmrec(path, "tiktok"), "test")["test/recall@20"]
-    overrides = [*REAL[:-1], f"model={model}", "data=tiktok", f"data.path={path}", "trainer.max_epochs=40"]
+    epochs = EPOCHS.get(model, 20)
+    overrides = [
+        *REAL[:-1],
+        f"model={model}",
+        "data=tiktok",
+        f"data.path={path}",
+        f"trainer.max_epochs={epochs}",
+    ]
     metrics = train(make_cfg(*overrides, fast=False))
     assert metrics["test/recall@20"] > MARGINS.get(model, 1.0) * popular, (metrics["test/recall@20"], popular)
