@@ -6,15 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import scipy.sparse as sp
 import torch
 from torch import Tensor
 from typing_extensions import override
 
 from mgrec.data.interactions import InteractionData
-from mgrec.graphs import cached_graph, knn_graph, scipy_to_torch, transposed_spmm
+from mgrec.graphs import scipy_to_torch, transposed_spmm
 from mgrec.models.dualgnn import DualGraphRecommender
-from mgrec.models.multimodal import graph_key, mixing_weights
+from mgrec.models.multimodal import mixed_knn_graph, mixing_weights
 
 # MMRec's mm_image_weight = 0.1: the image kNN graph weighs 0.1, the text one 0.9
 MMREC_MODALITY_WEIGHTS = {"image": 0.1, "text": 0.9}
@@ -89,19 +88,7 @@ class DRAGON(DualGraphRecommender):
             self.features.names,
             MMREC_MODALITY_WEIGHTS if modality_weights is None else dict(modality_weights),
         )
-        item_graph = sum(
-            (
-                weight
-                * cached_graph(  # the same graph as FREEDOM's: the two share cache entries
-                    graph_cache_dir,
-                    "freedom-knn",
-                    graph_key(data, name, k=knn_k, weighted=False, normalization="sym"),
-                    lambda name=name: knn_graph(data.modalities[name], knn_k, weighted=False),
-                )
-                for name, weight in weights.items()
-            ),
-            start=sp.csr_matrix((self.n_items, self.n_items), dtype="float32"),
-        )
+        item_graph = mixed_knn_graph(data, weights, knn_k, graph_cache_dir)
         self.register_graph("item_graph", scipy_to_torch(item_graph))
         self.register_graph("item_graph_t", scipy_to_torch(item_graph.T))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 from typing_extensions import override
@@ -13,16 +12,14 @@ from typing_extensions import override
 from mgrec.data.interactions import InteractionData
 from mgrec.graphs import (
     bipartite_mean_propagation,
-    cached_graph,
     degree_sensitive_prune,
-    knn_graph,
     normalized_bipartite,
     scipy_to_torch,
     transposed_spmm,
 )
 from mgrec.models.base import Recommender
 from mgrec.models.losses import bpr_loss
-from mgrec.models.multimodal import ModalityFeatures, graph_key, mixing_weights, require_modalities
+from mgrec.models.multimodal import ModalityFeatures, mixed_knn_graph, mixing_weights, require_modalities
 
 # MMRec's mm_image_weight = 0.1: the image kNN graph weighs 0.1, the text one 0.9
 MMREC_MODALITY_WEIGHTS = {"image": 0.1, "text": 0.9}
@@ -82,19 +79,7 @@ class FREEDOM(Recommender):
             self.features.names,
             MMREC_MODALITY_WEIGHTS if modality_weights is None else dict(modality_weights),
         )
-        item_graph = sum(
-            (
-                weight
-                * cached_graph(
-                    graph_cache_dir,
-                    "freedom-knn",
-                    graph_key(data, name, k=knn_k, weighted=False, normalization="sym"),
-                    lambda name=name: knn_graph(modalities[name], knn_k, weighted=False),
-                )
-                for name, weight in weights.items()
-            ),
-            start=sp.csr_matrix((self.n_items, self.n_items), dtype="float32"),
-        )
+        item_graph = mixed_knn_graph(data, weights, knn_k, graph_cache_dir)
         self.register_graph("item_graph", scipy_to_torch(item_graph))
         self.register_graph("item_graph_t", scipy_to_torch(item_graph.T))
         norm_r, norm_rt = normalized_bipartite(data.train)

@@ -11,9 +11,11 @@ import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import scipy.sparse as sp
 from torch import Tensor, nn
 
 from mgrec.data.interactions import InteractionData
+from mgrec.graphs import cached_graph, knn_graph
 
 
 def require_modalities(model: str, data: InteractionData | None) -> dict[str, Tensor]:
@@ -82,3 +84,24 @@ def graph_key(data: InteractionData, modality: str, **params: Any) -> Callable[[
         return {"features": digest[:20], "modality": modality, **params}
 
     return key
+
+
+def mixed_knn_graph(
+    data: InteractionData, weights: Mapping[str, float], k: int, cache_dir: str | None
+) -> sp.csr_matrix:
+    """FREEDOM's and DRAGON's frozen item graph: sum over modalities of weight x the binary kNN graph of
+    that modality's raw features, each D^-1/2 K D^-1/2; each modality's graph cached on its own (the two
+    models share the cache entries)."""
+    return sum(
+        (
+            weight
+            * cached_graph(
+                cache_dir,
+                "freedom-knn",
+                graph_key(data, name, k=k, weighted=False, normalization="sym"),
+                lambda name=name: knn_graph(data.modalities[name], k, weighted=False),
+            )
+            for name, weight in weights.items()
+        ),
+        start=sp.csr_matrix((data.n_items, data.n_items), dtype="float32"),
+    )
