@@ -7,14 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.utils import get_class, instantiate
-from lightning.pytorch import LightningDataModule, Trainer, seed_everything
+from hydra.utils import get_class
+from lightning.pytorch import LightningDataModule, seed_everything
 from omegaconf import DictConfig, OmegaConf
 
 from mgrec.data.interactions import InteractionData
 from mgrec.models.base import Recommender
-from mgrec.train import CONFIG_DIR, build_data, output_dir
+from mgrec.train import CONFIG_DIR, build_data, build_trainer, output_dir
 from mgrec.utils import apply_extras, component_names, instantiate_loggers, task_wrapper, write_json_atomic
+from mgrec.utils.distributed import distributed_job
 
 log = logging.getLogger("mgrec")
 
@@ -62,9 +63,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     data_cfg = OmegaConf.merge(run_cfg.data, overrides)
     datamodule: LightningDataModule = build_data(data_cfg)
     model = load_model(cfg.ckpt_path, run_cfg, datamodule.data)
-    trainer: Trainer = instantiate(
-        cfg.trainer, logger=instantiate_loggers(cfg.get("logger")) or False, callbacks=[]
-    )
+    trainer = build_trainer(cfg, logger=instantiate_loggers(cfg.get("logger")) or False, callbacks=[])
     metrics: dict[str, Any] = {}
     for split in cfg.splits:
         run = trainer.validate if split == "valid" else trainer.test
@@ -80,7 +79,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval.yaml")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    with distributed_job():
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from mgrec.utils import (
     task_wrapper,
     write_json_atomic,
 )
+from mgrec.utils.distributed import distributed_job, relaunch_as_single_run
+from mgrec.utils.launch import pin_job_to_gpu
 
 log = logging.getLogger("mgrec")
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
@@ -45,6 +47,13 @@ def build_model(cfg: DictConfig, datamodule: LightningDataModule) -> Recommender
     return model_factory(data=datamodule.data, optimizer=optimizer, scheduler=scheduler)
 
 
+def build_trainer(cfg: DictConfig, **kwargs: Any) -> Trainer:
+    """The configured Trainer; under DDP in a multirun, ranks relaunch this job only (see
+    `mgrec.utils.distributed`)."""
+    relaunch_as_single_run(cfg)
+    return instantiate(cfg.trainer, **kwargs)
+
+
 def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
@@ -57,6 +66,7 @@ def _scalars(results: list[dict[str, Any]]) -> dict[str, float]:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train `cfg.model` on `cfg.data` with `cfg.optimizer`; return the metrics written to metrics.json."""
     apply_extras(cfg)
+    pin_job_to_gpu(cfg)
     seed_everything(cfg.seed, workers=True)
     run_dir = output_dir(cfg)
     save_resolved_config(cfg, run_dir)
@@ -65,7 +75,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = build_model(cfg, datamodule)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
-    trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), **component_names(cfg)})
 
@@ -123,7 +133,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
     """Entry point; returns the optimised metric for Hydra sweepers."""
-    metrics = train(cfg)
+    with distributed_job():
+        metrics = train(cfg)
     return metrics.get(cfg.get("optimized_metric"))
 
 

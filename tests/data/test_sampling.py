@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 import torch
 
@@ -44,10 +45,23 @@ def test_epochs_are_redrawn_and_reproducible(tiny_data: InteractionData) -> None
     assert not torch.equal(first[0], second[0]) and not torch.equal(first[2], second[2])
 
 
-def test_ranks_get_disjoint_equal_shares(tiny_data: InteractionData) -> None:
+def test_ranks_split_every_global_batch_equally(tiny_data: InteractionData) -> None:
+    """Rank r takes rows r::2 of each global batch: the two shares interleave back into exactly the
+    batches one process draws (on the epoch cut to a multiple of the world size)."""
+    single = list(EpochBatchSampler(tiny_data.train, 64, seed=1))
     shares = [EpochBatchSampler(tiny_data.train, 64, seed=1, rank=r, world_size=2) for r in (0, 1)]
-    parts = [s.epoch_interactions() for s in shares]
-    assert len(parts[0][0]) == len(parts[1][0]) == tiny_data.train.nnz // 2
-    assert len(shares[0]) == len(shares[1])
-    keys = [set((p[0] * 1000 + p[1]).tolist()) for p in parts]
-    assert not keys[0] & keys[1]
+    per_rank = [list(s) for s in shares]
+    assert len(per_rank[0]) == len(per_rank[1]) == len(shares[0]) == len(single)
+    n_used = tiny_data.train.nnz - tiny_data.train.nnz % 2
+    assert sum(len(b[0]) for b in per_rank[0] + per_rank[1]) == n_used
+    for whole, first, second in zip(single, *per_rank, strict=True):
+        assert len(first[0]) == len(second[0])
+        for column, a, b in zip(whole, first, second, strict=True):
+            merged = torch.stack([a, b], dim=1).reshape(-1)
+            assert torch.equal(merged, column[: len(merged)])
+
+
+def test_global_batch_must_split_evenly(tiny_data: InteractionData) -> None:
+    with pytest.raises(ValueError, match="divisible by the number of processes"):
+        EpochBatchSampler(tiny_data.train, 63, rank=0, world_size=2)
+

@@ -105,7 +105,11 @@ class RecDataModule(LightningDataModule):
     @override
     def train_dataloader(self) -> DataLoader:
         rank, world_size = self._rank_world()
-        sampler = EpochBatchSampler(self.data.train, self.batch_size, self.sampling_seed, rank, world_size)
+        # negatives are drawn on the training device (on a GPU, batches never round-trip to the host)
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        sampler = EpochBatchSampler(
+            self.data.train, self.batch_size, self.sampling_seed, rank, world_size, device=device
+        )
         return DataLoader(_Identity(), sampler=sampler, batch_size=None)
 
     def _eval_loader(self, split: str) -> DataLoader:

@@ -41,9 +41,11 @@ def sample_negatives(users: Tensor, train_keys: Tensor, n_items: int, generator:
 class EpochBatchSampler:
     """Yields the epoch's `(users, pos_items, neg_items)` batches, re-drawn for every epoch.
 
-    The draw depends only on `(seed, epoch)`, so a resumed run sees the same batches. With
-    `world_size > 1` each rank takes an equal contiguous share of the shuffled interactions (the
-    remainder is dropped so every rank runs the same number of steps).
+    The draw depends only on `(seed, epoch)`, so a resumed run sees the same batches. `batch_size` is the
+    global batch: with `world_size > 1` every rank draws the same epoch and takes rows `rank::world_size`
+    of each global batch, so a data-parallel step averages the gradients of exactly the batch a single
+    process would use (the epoch is cut to a multiple of `world_size` interactions, at most
+    `world_size - 1` dropped, so every rank gets equal shares and runs the same number of steps).
     """
 
     def __init__(
@@ -57,6 +59,11 @@ class EpochBatchSampler:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if batch_size % world_size:
+            raise ValueError(
+                f"data.batch_size={batch_size} is the global batch and must be divisible by the number of "
+                f"processes ({world_size}) so that every rank gets an equal share"
+            )
         empty = np.flatnonzero(np.diff(train.indptr) == train.shape[1])
         if len(empty):
             raise ValueError(f"user {empty[0]} has interacted with every item: no negative can be drawn")
@@ -73,22 +80,22 @@ class EpochBatchSampler:
         self.epoch = epoch
 
     @property
-    def per_rank(self) -> int:
-        return len(self.users) // self.world_size
+    def n_used(self) -> int:
+        """Interactions used per epoch over all ranks (a multiple of `world_size`)."""
+        return len(self.users) - len(self.users) % self.world_size
 
     def __len__(self) -> int:
-        return -(-self.per_rank // self.batch_size)
+        return -(-self.n_used // self.batch_size)
 
     def epoch_interactions(self) -> tuple[Tensor, Tensor, Tensor]:
-        """This rank's shuffled users, positives and sampled negatives for the current epoch."""
+        """The epoch's shuffled users, positives and sampled negatives, over all ranks (the same on each)."""
         generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(len(self.users), generator=generator, device=self.device)
-        order = order[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
+        order = torch.randperm(len(self.users), generator=generator, device=self.device)[: self.n_used]
         users = self.users[order]
         return users, self.items[order], sample_negatives(users, self.train_keys, self.n_items, generator)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        users, positives, negatives = self.epoch_interactions()
-        for start in range(0, len(users), self.batch_size):
-            stop = start + self.batch_size
-            yield users[start:stop], positives[start:stop], negatives[start:stop]
+        epoch = self.epoch_interactions()
+        for start in range(0, self.n_used, self.batch_size):
+            rows = slice(start + self.rank, start + self.batch_size, self.world_size)
+            yield tuple(column[rows] for column in epoch)

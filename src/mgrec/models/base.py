@@ -151,6 +151,7 @@ class Recommender(LightningModule):
                     on_step=False,
                     on_epoch=True,
                     batch_size=len(batch[0]),
+                    sync_dist=True,
                 )
         else:
 
@@ -161,7 +162,13 @@ class Recommender(LightningModule):
 
             loss = optimizer.step(closure=clipped_closure)
         self.log(
-            "train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch[0])
+            "train/loss",
+            loss.detach(),
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(batch[0]),
+            sync_dist=True,
         )
         return loss
 
@@ -194,6 +201,7 @@ class Recommender(LightningModule):
         self._cache = {}
 
     def _end_eval(self, metric: TopKMetrics) -> dict[str, Tensor]:
+        """The pass's metrics, reduced over ranks by torchmetrics (the same values on every rank)."""
         self._cache = None
         values = metric.compute()
         metric.reset()
@@ -210,10 +218,12 @@ class Recommender(LightningModule):
     @override
     def on_validation_epoch_end(self) -> None:
         values = self._end_eval(self.val_metrics)
-        self.log_dict(values, prog_bar=False)
+        # already reduced and equal on every rank: sync_dist averages equal values (exact), silencing
+        # Lightning's advice to sync
+        self.log_dict(values, prog_bar=False, sync_dist=True)
         if self.monitor in values and not self.trainer.sanity_checking:
             self.best_monitor = max(self.best_monitor, float(values[self.monitor]))
-            self.log(f"{self.monitor}_best", self.best_monitor, prog_bar=True)
+            self.log(f"{self.monitor}_best", self.best_monitor, prog_bar=True, sync_dist=True)
 
     @override
     def on_test_epoch_start(self) -> None:
@@ -225,7 +235,7 @@ class Recommender(LightningModule):
 
     @override
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self._end_eval(self.test_metrics))
+        self.log_dict(self._end_eval(self.test_metrics), sync_dist=True)
 
     # ----------------------------------------------------------------- checkpoints
     @override

@@ -102,11 +102,15 @@ class GRCN(Recommender):
     def _route(self, preference: Tensor, features: Tensor) -> Tensor:
         """The paper's user routing (``user_routing=True``): users gather their items' features."""
         n_edges = len(self.source) // 2
-        users, items = self.source[:n_edges], self.target[:n_edges] - self.n_users
+        users = self.source[:n_edges]
+        item_features = features.index_select(
+            0, self.target[:n_edges] - self.n_users
+        )  # fixed across iterations
         for _ in range(self.hparams.n_layers):
-            scores = (preference.index_select(0, users) * features.index_select(0, items)).sum(1)
+            scores = (preference.index_select(0, users) * item_features).sum(1)
             alpha = edge_softmax(users, scores, self.n_users)
-            preference = F.normalize(preference + edge_spmm(users, items, alpha, features, self.n_users))
+            messages = alpha.unsqueeze(1) * item_features
+            preference = F.normalize(preference.index_add(0, users, messages))
         return preference
 
     def propagate(self) -> Tensor:
@@ -121,10 +125,12 @@ class GRCN(Recommender):
             if self.hparams.user_routing:
                 preference = self._route(preference, items)
             x = torch.cat([preference, items])
-            # x_i . x_j is the same for an edge and its reverse: compute it once per interaction
-            half = (x.index_select(0, source[:n_edges]) * x.index_select(0, target[:n_edges])).sum(1)
+            # one gather per side serves both directions: x_i . x_j is the same for an edge and its reverse
+            x_users, x_items = x.index_select(0, source[:n_edges]), x.index_select(0, target[:n_edges])
+            half = (x_users * x_items).sum(1)
             alpha = edge_softmax(target, torch.cat([half, half]), n_nodes)
-            content.append(x + edge_spmm(target, source, alpha, x, n_nodes))
+            to_items, to_users = alpha.unsqueeze(1).split(n_edges)
+            content.append(x.index_add(0, target, torch.cat([to_items * x_users, to_users * x_items])))
             attention.append(alpha)
         weights = (torch.stack(attention, dim=1) * self.confidence.index_select(0, source)).max(dim=1).values
         weights = weights.relu()

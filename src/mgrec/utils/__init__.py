@@ -13,6 +13,8 @@ from functools import wraps
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
@@ -20,6 +22,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mgrec.data.interactions import DataError
+from mgrec.utils.distributed import rank_suffix
+from mgrec.utils.launch import default_n_jobs
 
 log = logging.getLogger("mgrec")
 
@@ -44,8 +48,28 @@ def wandb_offline() -> bool:
     return not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
 
 
+def wandb_group() -> str | None:
+    """The W&B group of a job: the sweep folder's name in a multirun (one group per sweep), the run
+    folder's name in a single run. None outside a Hydra job.
+
+    Launchers that run jobs in other processes (joblib, submitit) rebuild each job's config from the
+    sweep's with its resolver cache, so `${now:...}` in `hydra.sweep.dir` keeps the sweep's start time there.
+    """
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    folder = hydra_cfg.sweep.dir if hydra_cfg.mode == RunMode.MULTIRUN else hydra_cfg.runtime.output_dir
+    return Path(str(folder)).name
+
+
 def register_resolvers() -> None:
-    for name, resolver in (("mgrec_root", find_root), ("mgrec_wandb_offline", wandb_offline)):
+    for name, resolver in (
+        ("mgrec_root", find_root),
+        ("mgrec_wandb_offline", wandb_offline),
+        ("mgrec_wandb_group", wandb_group),
+        ("mgrec_default_n_jobs", default_n_jobs),
+        ("mgrec_rank_suffix", rank_suffix),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
 
@@ -142,8 +166,11 @@ def task_wrapper(task: Callable[[DictConfig], dict[str, Any]]) -> Callable[[Dict
 
     @wraps(task)
     def wrapped(cfg: DictConfig) -> dict[str, Any]:
+        failed = True
         try:
-            return task(cfg)
+            result = task(cfg)
+            failed = False
+            return result
         except DataError as error:
             log.error("data error: %s", error)
             print(f"error: {error}", file=sys.stderr)
@@ -153,6 +180,7 @@ def task_wrapper(task: Callable[[DictConfig], dict[str, Any]]) -> Callable[[Dict
                 import wandb
 
                 if wandb.run is not None:
-                    wandb.finish()
+                    # a failed job's run is marked failed (exit code 1) rather than finished
+                    wandb.finish(exit_code=1 if failed else 0)
 
     return wrapped
