@@ -73,18 +73,16 @@ class Recommender(LightningModule):
     def score(self, users: Tensor) -> Tensor:
         raise NotImplementedError
 
-    @torch.no_grad()
-    def recommend(self, users: Tensor | Sequence[int], k: int) -> Tensor:
-        """Top-k item ids [len(users), k] per user, best first, training items excluded."""
-        if self.data is None:
-            raise RuntimeError("recommend() needs the training data: load the model with data=...")
-        users = torch.as_tensor(users, dtype=torch.long, device=self.device)
-        rows = self.data.train[users.cpu().numpy()].tocoo()
-        scores = self.score(users).clone()
-        scores[
-            torch.as_tensor(rows.row, device=self.device), torch.as_tensor(rows.col, device=self.device)
-        ] = float("-inf")
-        return scores.topk(k, dim=1).indices
+    def recommend(
+        self, users: Tensor | Sequence[int], k: int, return_scores: bool = False, batch_size: int = 1024
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Top-k item ids [len(users), k] per user, best first, on the model's device; training items (and
+        items scored -inf) excluded; a row ends with item -1 (score -inf) where fewer than k items remain.
+        `return_scores=True` gives (items, scores). See `mgrec.predict.top_k`."""
+        from mgrec.predict import top_k  # a local import: mgrec.predict imports this module
+
+        items, scores = top_k(self, users, k, batch_size=batch_size)
+        return (items, scores) if return_scores else items
 
     # ----------------------------------------------------------------- graphs and caches
     def register_graph(self, name: str, graph: Tensor) -> None:

@@ -121,6 +121,9 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
         json.dump(payload, handle, indent=2, sort_keys=True)
         handle.write("\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(handle.name, 0o666 & ~umask)  # NamedTemporaryFile creates 0600: give it a normal file's mode
     os.replace(handle.name, path)
 
 
