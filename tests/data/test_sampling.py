@@ -64,4 +64,3 @@ def test_ranks_split_every_global_batch_equally(tiny_data: InteractionData) -> N
 def test_global_batch_must_split_evenly(tiny_data: InteractionData) -> None:
     with pytest.raises(ValueError, match="divisible by the number of processes"):
         EpochBatchSampler(tiny_data.train, 63, rank=0, world_size=2)
-
