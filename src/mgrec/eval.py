@@ -12,7 +12,9 @@ from lightning.pytorch import LightningDataModule, seed_everything
 from omegaconf import DictConfig, OmegaConf
 
 from mgrec.data.interactions import InteractionData
+from mgrec.flatness import run_flatness_task
 from mgrec.models.base import Recommender
+from mgrec.perturb import Perturbation, apply_to_model, non_null, perturb_data
 from mgrec.train import CONFIG_DIR, build_data, build_trainer, output_dir
 from mgrec.utils import apply_extras, component_names, instantiate_loggers, task_wrapper, write_json_atomic
 from mgrec.utils.distributed import distributed_job
@@ -59,10 +61,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     apply_extras(cfg)
     seed_everything(cfg.seed, workers=True)
     run_cfg = saved_config(run_dir_of(cfg.ckpt_path))
-    overrides = {k: v for k, v in (cfg.get("data") or {}).items() if v is not None}
+    overrides = non_null(cfg.get("data") or {})
     data_cfg = OmegaConf.merge(run_cfg.data, overrides)
     datamodule: LightningDataModule = build_data(data_cfg)
+    perturbation = Perturbation.from_config(cfg.get("perturb"))
+    datamodule.data = perturb_data(datamodule.data, perturbation)  # before the model builds feature graphs
     model = load_model(cfg.ckpt_path, run_cfg, datamodule.data)
+    apply_to_model(model, perturbation)  # trainable feature tables restored from the checkpoint
+    if cfg.get("task", "evaluate") != "evaluate":  # task=sharpness|landscape: mgrec.flatness
+        return run_flatness_task(cfg, model, datamodule, output_dir(cfg))
     trainer = build_trainer(cfg, logger=instantiate_loggers(cfg.get("logger")) or False, callbacks=[])
     metrics: dict[str, Any] = {}
     for split in cfg.splits:
@@ -71,6 +78,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             metrics.update({k: float(v) for k, v in result.items() if not k.endswith("_best")})
     metrics.update(component_names(run_cfg))
     metrics.update({"seed": int(run_cfg.seed), "checkpoint": str(Path(cfg.ckpt_path).resolve())})
+    metrics.update(
+        {**perturbation.record(), **Perturbation.from_config(data_cfg.get("noise")).record("data/noise/")}
+    )
     if trainer.is_global_zero:
         write_json_atomic(output_dir(cfg) / "metrics.json", metrics)
     log.info("metrics: %s", {k: v for k, v in metrics.items() if "@20" in k})

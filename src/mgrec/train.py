@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from mgrec.models.base import Recommender
+from mgrec.perturb import Perturbation
 from mgrec.utils import (
     apply_extras,
     component_names,
@@ -113,6 +114,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics.pop(f"{model.monitor}_best", None)
     best_epoch = torch.load(best_path, map_location="cpu", weights_only=False)["epoch"] if best_path else None
     metrics.update(component_names(cfg))
+    metrics.update(Perturbation.from_config(cfg.data.get("noise")).record("data/noise/"))
     metrics.update(
         {
             "best_epoch": best_epoch,

@@ -18,6 +18,7 @@ from typing_extensions import override
 from mgrec.data.interactions import InteractionData, read_mmrec
 from mgrec.data.sampling import EpochBatchSampler
 from mgrec.data.synthetic import make_synthetic
+from mgrec.perturb import perturb_data
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,11 @@ class RecDataModule(LightningDataModule):
         batch_size: int = 2048,
         eval_batch_size: int = 4096,
         sampling_seed: int = 0,
+        noise: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.name, self.path, self.builder = name, path, builder
+        self.noise = noise  # training-time feature noise (mgrec.perturb spec), applied once in setup
         self.modalities = dict(modalities or {})
         self.batch_size, self.eval_batch_size, self.sampling_seed = batch_size, eval_batch_size, sampling_seed
         self.data: InteractionData | None = None
@@ -95,7 +98,7 @@ class RecDataModule(LightningDataModule):
     @override
     def setup(self, stage: str | None = None) -> None:
         if self.data is None:
-            self.data = self.load()
+            self.data = perturb_data(self.load(), self.noise)
             log.info(self.data.summary())
 
     def _rank_world(self) -> tuple[int, int]:
