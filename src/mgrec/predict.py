@@ -37,7 +37,7 @@ from mgrec.eval import load_model, run_dir_of, saved_config
 from mgrec.models.base import Recommender
 from mgrec.train import CONFIG_DIR, build_data, output_dir
 from mgrec.utils import apply_extras, component_names, task_wrapper, write_json_atomic
-from mgrec.utils.distributed import distributed_job, process_rank
+from mgrec.utils.distributed import distributed_job, is_rank_zero
 
 log = logging.getLogger("mgrec")
 
@@ -336,7 +336,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": str(checkpoint),
         **component_names(run_cfg),
     }
-    if process_rank() == 0:
+    if is_rank_zero():
         entry["n_rows"] = write_predictions(path, frames, fmt)
         entry["seconds"] = round(time.perf_counter() - started, 3)
         metadata_path = output_dir(cfg) / "metadata.json"

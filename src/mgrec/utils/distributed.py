@@ -25,17 +25,18 @@ from typing_extensions import override
 IN_PROCESS = ("spawn", "fork", "notebook")
 
 
-def process_rank() -> int:
-    """This process's global rank as far as the environment tells it (0 before any launch)."""
+def is_rank_zero() -> bool:
+    """Whether this process is global rank 0 as far as the launcher's environment tells (True before any
+    launch): RANK or SLURM_PROCID where set, else node rank and local rank both 0."""
     for name in ("RANK", "SLURM_PROCID"):
         if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return int(os.environ.get("NODE_RANK", 0) or 0) + int(os.environ.get("LOCAL_RANK", 0) or 0)
+            return int(os.environ[name]) == 0
+    return not int(os.environ.get("NODE_RANK", 0) or 0) and not int(os.environ.get("LOCAL_RANK", 0) or 0)
 
 
 def rank_suffix() -> str:
     """ "" on rank 0; "_node<n>_rank<r>" on the others, which log into files of their own."""
-    if process_rank() == 0:
+    if is_rank_zero():
         return ""
     return f"_node{os.environ.get('NODE_RANK', 0)}_rank{os.environ.get('LOCAL_RANK', 0)}"
 
