@@ -347,3 +347,12 @@ def test_compare_cli(make_cfg: Callable[..., DictConfig], tmp_path: Path) -> Non
     )
     assert (out / "b" / "flatness_comparison.png").is_file()
     assert "train_loss" in (out / "b" / "flatness_table.md").read_text()
+
+
+def test_comparison_plot_without_2d_landscapes(tmp_path: Path) -> None:
+    alphas = np.linspace(-1.0, 1.0, 5)
+    lands_1d = [
+        (label, {"alphas": alphas, "losses": alphas**2 + shift}) for label, shift in (("a", 0.0), ("b", 1.0))
+    ]
+    flatness.plot_comparison(lands_1d, [], tmp_path / "one_panel.png")
+    assert (tmp_path / "one_panel.png").stat().st_size > 0

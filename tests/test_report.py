@@ -27,6 +27,7 @@ from mgrec.report import (
     ReportWarning,
     collect,
     label_settings,
+    lower_is_better,
     main,
     make_report,
     paired_test,
@@ -185,6 +186,27 @@ def test_degradation_noise_and_edge_verdicts() -> None:
     assert verdict(paired_test(np.ones(3), np.ones(3)), "MG") == "identical results"
     assert verdict(paired_test(np.ones(1), np.full(1, 2.0)), "MG") == "not testable (1 paired seed)"
     assert verdict(paired_test(np.ones(0), np.ones(0)), "MG") == "no paired seeds"
+
+
+def test_two_seeds_in_the_same_direction_are_not_enough() -> None:
+    # two seeds that moved by the same amount: the t-test's p is 0 but the sign-flip floor is 1/2
+    two = paired_test(np.array([0.25, 0.5]), np.array([0.375, 0.625]))
+    assert two["p_ttest"] == 0.0 and two["p_signflip"] == pytest.approx(0.5)
+    assert verdict(two, "MG").startswith("MG better by t-test only")
+    three = paired_test(np.array([0.25, 0.5, 0.75]), np.array([0.375, 0.625, 0.875]))
+    assert verdict(three, "MG") == "MG better (p=0; same direction on all 3 seeds)"
+
+
+def test_lower_is_better_for_losses_and_sharpness() -> None:
+    lower = paired_test(np.array([1.0, 1.1, 0.9, 1.0, 1.2]), np.array([0.8, 0.9, 0.7, 0.85, 1.0]))
+    assert verdict(lower, "MG", lower_is_better=True).startswith("MG better")
+    assert verdict(lower, "MG").startswith("MG worse")
+    assert [lower_is_better(m) for m in ("sharpness/worst@0.05", "hessian/top_eigenvalue", "train_loss")] == [
+        True,
+        True,
+        True,
+    ]
+    assert not lower_is_better("test/recall@20")
 
 
 # ------------------------------------------------------------------------------------------ grouping

@@ -537,10 +537,11 @@ def plot_comparison(
 ) -> None:
     """One PNG: both 1-D curves on one axis, then one 2-D contour panel per model (shared levels)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 1 + len(lands_2d), figsize=(5.2 * (1 + len(lands_2d)), 4.6))
+    fig, grid = plt.subplots(1, 1 + len(lands_2d), figsize=(5.2 * (1 + len(lands_2d)), 4.6), squeeze=False)
+    axes = grid[0]
     _plot_1d(axes[0], lands_1d)
     axes[0].set_title("1-D landscape (same direction seed)")
-    levels = _levels(*(land for _, land in lands_2d))
+    levels = _levels(*(land for _, land in lands_2d)) if lands_2d else None
     for ax, (label, land) in zip(axes[1:], lands_2d, strict=True):
         _plot_2d(ax, land, levels, f"2-D landscape: {label}")
     fig.tight_layout()

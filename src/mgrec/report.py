@@ -40,6 +40,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from scipy import stats
 
 DEFAULT_METRICS: tuple[str, ...] = ("test/recall@20", "test/ndcg@20")
+# metrics where lower is better (fnmatch patterns): the verdict calls a decrease "better"
+LOWER_IS_BETTER: tuple[str, ...] = ("sharpness/*", "hessian/*", "*loss*")
+# the fewest paired seeds whose agreement in sign can back a t-test (sign-flip p = 2 / 2^n <= 0.25)
+MIN_SEEDS_SAME_DIRECTION = 3
 # config keys (fnmatch patterns over dotted keys) that never distinguish two settings: the seed, where
 # files go, logging and progress display, hardware, and names already carried by the model / data /
 # optimizer columns
@@ -349,12 +353,13 @@ def paired_test(baseline: np.ndarray, other: np.ndarray, alpha: float = 0.05) ->
     return out
 
 
-def verdict(test: dict[str, float], arm: str, alpha: float = 0.05) -> str:
+def verdict(test: dict[str, float], arm: str, alpha: float = 0.05, lower_is_better: bool = False) -> str:
     """Plain language for a paired comparison (see `paired_test`).
 
     Significant when the t-test's p < alpha and the sign-flip test agrees as far as it can with this many
-    seeds: its p <= alpha, or its smallest possible value (every seed differs in the same direction).
-    Significant by the t-test alone, the verdict says so ("by t-test only").
+    seeds: its p <= alpha, or, with at least `MIN_SEEDS_SAME_DIRECTION` seeds, its smallest possible value
+    (every seed differs in the same direction). Significant by the t-test alone, the verdict says so ("by
+    t-test only"). `lower_is_better`: a decrease is "better" (losses, sharpness).
     """
     n = int(test["n"])
     if n == 0:
@@ -366,12 +371,19 @@ def verdict(test: dict[str, float], arm: str, alpha: float = 0.05) -> str:
     p, p_flip = test["p_ttest"], test["p_signflip"]
     if not p < alpha:
         return f"no significant difference (p={p:.2g})"
-    direction = "better" if test["mean_diff"] > 0 else "worse"
+    direction = "better" if (test["mean_diff"] > 0) != lower_is_better else "worse"
     if p_flip <= alpha:
         return f"{arm} {direction} (p={p:.2g})"
-    if p_flip <= test["p_min_signflip"] + 1e-12:  # too few seeds for the exact test to reach alpha
+    if (
+        n >= MIN_SEEDS_SAME_DIRECTION and p_flip <= test["p_min_signflip"] + 1e-12
+    ):  # too few seeds for the exact test to reach alpha
         return f"{arm} {direction} (p={p:.2g}; same direction on all {n} seeds)"
     return f"{arm} {direction} by t-test only (p={p:.2g}; sign-flip p={p_flip:.2g})"
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a decrease of `metric` is an improvement (`LOWER_IS_BETTER`)."""
+    return ignored(metric, LOWER_IS_BETTER)
 
 
 def summarize(frame: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
@@ -430,7 +442,7 @@ def compare(
                             "baseline_mean": float(pair.iloc[:, 0].mean()) if len(pair) else float("nan"),
                             "arm_mean": float(pair.iloc[:, 1].mean()) if len(pair) else float("nan"),
                             **test,
-                            "verdict": verdict(test, arm, alpha),
+                            "verdict": verdict(test, arm, alpha, lower_is_better(metric)),
                         }
                     )
     columns = [
@@ -630,7 +642,8 @@ def render(
     parts = [
         f"# Optimizer comparison: {folder}\n",
         f"{len(frame)} runs, {len(settings)} model x data set x setting combination(s); metrics: "
-        f"{', '.join(metrics)} (test metrics at the best validation epoch, from each run's metrics.json). "
+        f"{', '.join(metrics)} (from each run's metrics.json; a training run's test metrics are those of "
+        "the best validation epoch). "
         "Runs are grouped by their saved config: the setting column lists the config keys that differ "
         "between a model's runs on a data set (seeds and output paths excepted).\n",
         "## Mean ± standard deviation over seeds\n",
@@ -647,9 +660,10 @@ def render(
             "(Student t); gain: Δ relative to the baseline's mean. p (t-test): paired t-test; p (sign-flip): "
             "exact sign-flip permutation test, which assumes no normality but cannot go below 2/2^n "
             f"({p_min}). Verdict: significant when the t-test's p < {alpha:g} and the sign-flip test agrees: "
-            f"its p <= {alpha:g} too, or, with too few seeds for that, its smallest possible value (every seed "
-            "moved the same way, which the verdict says); 'by t-test only' otherwise. p-values are per "
-            "comparison, not corrected for the number of comparisons.\n",
+            f"its p <= {alpha:g} too, or, with too few seeds for that but at least {MIN_SEEDS_SAME_DIRECTION}, "
+            "its smallest possible value (every seed moved the same way, which the verdict says); 'by t-test "
+            "only' otherwise. 'better' means lower for losses, sharpness and Hessian eigenvalues. p-values are "
+            "per comparison, not corrected for the number of comparisons.\n",
         ]
     if problems or runs.notes:
         parts += ["## Warnings\n", "".join(f"- {p}\n" for p in [*problems, *runs.notes])]

@@ -1,0 +1,71 @@
+"""scripts/robustness_evidence.sh: the commands behind docs/robustness.md, end to end on a tiny budget."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "robustness_evidence.sh"
+
+
+def env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHON": sys.executable, **extra}
+
+
+def test_unknown_stage_fails_with_the_list_of_stages(tmp_path: Path) -> None:
+    done = subprocess.run(
+        ["bash", str(SCRIPT), "plot", "vbpr", "ml100k", "1", str(tmp_path)],
+        capture_output=True, text=True, env=env(), timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "unknown stage: plot" in done.stderr and "landscape" in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_every_stage_on_two_seeds_of_one_epoch(tmp_path: Path) -> None:
+    out = tmp_path / "evidence"
+    settings = {
+        "SEEDS": "0,1",
+        "GAUSSIAN_SNR_DB": "10",
+        "REPLACE_SHARES": "0.5",
+        "SHARPNESS_ARGS": "sharpness.draws=2 sharpness.ascent_steps=1 sharpness.power_iters=3 sharpness.batches=1",
+        "LANDSCAPE_ARGS": "--points-1d 3 --points-2d 0 --batches 1 --draws 2 --ascent-steps 1 --power-iters 2",
+    }
+    done = subprocess.run(
+        ["bash", str(SCRIPT), "all", "vbpr", "ml100k", "1", str(out)],
+        capture_output=True, text=True, env=env(**settings), timeout=1200, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    runs = out / "runs" / "vbpr_ml100k"
+    assert sorted(p.parent.relative_to(runs).as_posix() for p in runs.rglob("metrics.json")) == [
+        "adam/seed0", "adam/seed1", "mg/seed0", "mg/seed1",
+    ]  # fmt: skip
+    report = (out / "report" / "report.md").read_text()
+    assert "| vbpr | ml100k | Adam | 2 |" in report and "| vbpr | ml100k | MG | 2 |" in report
+    for kind, strength in (("gaussian", "10"), ("replace", "0.5")):
+        with (out / "robustness" / f"vbpr_ml100k_{kind}" / "robustness_runs.csv").open() as handle:
+            rows = list(csv.DictReader(handle))
+        assert len(rows) == 2 * 2 * 2  # two groups x two seeds x (clean, one strength)
+        assert {float(row["perturb/strength"]) for row in rows if row["perturb/strength"]} == {
+            float(strength)
+        }
+    sharpness = (out / "sharpness" / "report.md").read_text()
+    assert "hessian/top_eigenvalue" in sharpness and "| vbpr | ml100k | MG | 2 |" in sharpness
+    assert (out / "landscape" / "vbpr_ml100k" / "flatness_table.md").is_file()
+    # a second call finds every output and redoes nothing
+    again = subprocess.run(
+        ["bash", str(SCRIPT), "all", "vbpr", "ml100k", "1", str(out)],
+        capture_output=True, text=True, env=env(**settings), timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert (
+        again.returncode == 0
+        and "train vbpr" not in again.stdout
+        and "robustness gaussian" not in again.stdout
+    )
