@@ -69,3 +69,28 @@ def test_every_stage_on_two_seeds_of_one_epoch(tmp_path: Path) -> None:
         and "train vbpr" not in again.stdout
         and "robustness gaussian" not in again.stdout
     )
+
+
+def test_summary_table_gives_each_groups_retained_share(tmp_path: Path) -> None:
+    folder = tmp_path / "robustness" / "freedom_ml100k_replace"
+    folder.mkdir(parents=True)
+    columns = "group,strength,metric,mean,std,runs,clean_mean,clean_std,retained_mean,retained_std,p\n"
+    rows = [
+        "Adam,0.2,test/recall@20,0.25,0.01,5,0.31,0.01,0.80,0.02,0.03",
+        "MG,0.2,test/recall@20,0.27,0.01,5,0.32,0.01,0.85,0.02,0.03",
+        "Adam,0.2,test/ndcg@20,0.2,0.01,5,0.25,0.01,0.5,0.02,0.9",
+        "MG,0.2,test/ndcg@20,0.2,0.01,5,0.25,0.01,0.5,0.02,0.9",
+    ]
+    (folder / "robustness.csv").write_text(columns + "\n".join(rows) + "\n")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "evidence_summary.py"), str(tmp_path)],
+        capture_output=True, text=True, env=env(), timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "| freedom | ml100k | 0.3100 / 0.3200 | 80% / 85% (p=0.03) |" in done.stdout
+    assert "(no gaussian curves below" in done.stdout
+    missing = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "evidence_summary.py"), str(tmp_path / "nothing")],
+        capture_output=True, text=True, env=env(), timeout=60,
+    )  # fmt: skip
+    assert missing.returncode == 1 and "run the robustness stage first" in missing.stderr
