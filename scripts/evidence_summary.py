@@ -35,7 +35,9 @@ def kind_table(out: Path, kind: str, metric: str) -> str:
         cells = {"model": model, "data": data, f"clean {groups[0]} / {groups[1]}": clean}
         for strength in base.index:
             b, a = base.loc[strength], arm.loc[strength]
-            cells[f"{strength:g}"] = f"{b['retained_mean']:.0%} / {a['retained_mean']:.0%} (p={a['p']:.2g})"
+            # Welch's p is undefined when no run moved (a model that scores without the features)
+            p_value = "no change" if pd.isna(a["p"]) else f"p={a['p']:.2g}"
+            cells[f"{strength:g}"] = f"{b['retained_mean']:.0%} / {a['retained_mean']:.0%} ({p_value})"
         rows.append(cells)
     if not rows:
         return f"(no {kind} curves below {out / 'robustness'})\n"

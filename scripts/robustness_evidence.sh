@@ -3,7 +3,7 @@
 # and ml100k, 5 seeds each, then the comparison table, robustness curves and sharpness figures.
 #
 #   bash scripts/robustness_evidence.sh [stage] [models] [data sets] [max epochs] [out]
-#     stage: train | report | robustness | sharpness | landscape | all (default)
+#     stage: train | report | robustness | sharpness | landscape | all (default), or inherent (not in all)
 #     e.g.   bash scripts/robustness_evidence.sh train vbpr tiktok 60 logs/evidence
 #
 # Layout: <out>/runs/<model>_<data>/<optimizer>/seed<s>/ (one Hydra multirun per model and data set), so
@@ -20,6 +20,8 @@ SEEDS=${SEEDS:-0,1,2,3,4}
 GAUSSIAN_SNR_DB=${GAUSSIAN_SNR_DB:-"30 20 10 5 0 -5"}
 REPLACE_SHARES=${REPLACE_SHARES:-"0.05 0.1 0.2 0.4 0.8"}
 SHARPNESS_ARGS=${SHARPNESS_ARGS:-}  # eval.py overrides, e.g. "sharpness.draws=5 sharpness.batches=4"
+NOISE_KIND=${NOISE_KIND:-gaussian}  # the inherent stage: training-time feature noise
+NOISE_STRENGTH=${NOISE_STRENGTH:-0}
 LANDSCAPE_ARGS=${LANDSCAPE_ARGS:-}  # python -m mgrec.flatness compare options, e.g. "--points-2d 11"
 PY=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
@@ -34,11 +36,21 @@ train() {
   local model=$1 data=$2 dir=$OUT/runs/$1_$2
   if [[ $(finished "$dir") -ge $((2 * N_SEEDS)) ]]; then return; fi
   rm -rf "$dir"
-  mkdir -p "$OUT/logs"
   echo "train $model $data -> $dir"
   "$PY" train.py -m "experiment=${model}_${data}" optimizer=adam,mg "seed=$SEEDS" trainer=cpu \
     "trainer.max_epochs=$MAX_EPOCHS" "${QUIET[@]}" "hydra.sweep.dir=$dir" \
     'hydra.sweep.subdir=${hydra:runtime.choices.optimizer}/seed${seed}' > "$OUT/logs/train_${model}_${data}.log" 2>&1
+}
+
+inherent() { # train and test on features that were noisy all along (data.noise), both optimizers
+  local model=$1 data=$2 dir=$OUT/noisy_runs/${NOISE_KIND}_${NOISE_STRENGTH}/$1_$2
+  if [[ $(finished "$dir") -ge $((2 * N_SEEDS)) ]]; then return; fi
+  rm -rf "$dir"
+  echo "inherent $NOISE_KIND $NOISE_STRENGTH $model $data -> $dir"
+  "$PY" train.py -m "experiment=${model}_${data}" optimizer=adam,mg "seed=$SEEDS" trainer=cpu \
+    "data.noise.kind=$NOISE_KIND" "data.noise.strength=$NOISE_STRENGTH" "trainer.max_epochs=$MAX_EPOCHS" \
+    "${QUIET[@]}" "hydra.sweep.dir=$dir" 'hydra.sweep.subdir=${hydra:runtime.choices.optimizer}/seed${seed}' \
+    > "$OUT/logs/inherent_${NOISE_KIND}_${NOISE_STRENGTH}_${model}_${data}.log" 2>&1
 }
 
 robustness() {
@@ -87,6 +99,10 @@ rob_both() {
 }
 
 case $STAGE in
+  train | report | robustness | sharpness | landscape | all | inherent) mkdir -p "$OUT/logs" ;;
+  *) echo "unknown stage: $STAGE (train, report, robustness, sharpness, landscape, all or inherent)" >&2; exit 2 ;;
+esac
+case $STAGE in
   train | all) each train ;;&
   report | all)
     "$PY" -m mgrec.report "$OUT/runs" --out "$OUT/report" --metrics test/recall@20,test/ndcg@20,val/recall@20 \
@@ -102,6 +118,10 @@ case $STAGE in
     echo "sharpness report -> $OUT/sharpness/report.md"
     ;;&
   landscape | all) each landscape ;;
-  train | report | robustness | sharpness) ;;
-  *) echo "unknown stage: $STAGE (train, report, robustness, sharpness, landscape or all)" >&2; exit 2 ;;
+  inherent)
+    each inherent
+    "$PY" -m mgrec.report "$OUT/noisy_runs" --out "$OUT/noisy_report" \
+      --metrics test/recall@20,test/ndcg@20,val/recall@20 > "$OUT/logs/noisy_report.log" 2>&1
+    echo "report -> $OUT/noisy_report/report.md"
+    ;;
 esac

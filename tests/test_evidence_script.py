@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -69,6 +70,18 @@ def test_every_stage_on_two_seeds_of_one_epoch(tmp_path: Path) -> None:
         and "train vbpr" not in again.stdout
         and "robustness gaussian" not in again.stdout
     )
+    # training-time noise: a separate sweep and report; the test metrics differ from the clean runs'
+    noisy = subprocess.run(
+        ["bash", str(SCRIPT), "inherent", "vbpr", "ml100k", "1", str(out)],
+        capture_output=True, text=True, env=env(**settings, NOISE_STRENGTH="-5"), timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert noisy.returncode == 0, noisy.stdout[-2000:] + noisy.stderr[-2000:]
+    noisy_runs = sorted((out / "noisy_runs" / "gaussian_-5" / "vbpr_ml100k").rglob("metrics.json"))
+    assert len(noisy_runs) == 4
+    clean_run = json.loads((runs / "mg" / "seed1" / "metrics.json").read_text())
+    noisy_run = json.loads(noisy_runs[-1].read_text())  # mg/seed1
+    assert noisy_run["test/recall@20"] != clean_run["test/recall@20"]
+    assert "| vbpr | ml100k | MG | 2 |" in (out / "noisy_report" / "report.md").read_text()
 
 
 def test_summary_table_gives_each_groups_retained_share(tmp_path: Path) -> None:
