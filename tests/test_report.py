@@ -490,3 +490,11 @@ def test_runs_without_the_noise_key_group_with_clean_noise_runs(tmp_path: Path) 
     runs = label_settings(collect(tmp_path)[0])
     settings = runs.frame.set_index("seed", append=True)["setting"].tolist()
     assert settings[0] == settings[1] != settings[2]
+
+
+def test_small_values_keep_their_digits() -> None:
+    from mgrec.report import _mean_std
+
+    assert _mean_std(0.25, 0.01) == "0.2500 ± 0.0100"
+    assert _mean_std(0.00091, 0.00002) == "9.100e-04 ± 2.000e-05"  # not 0.0009 ± 0.0000
+    assert _mean_std(0.0, float("nan")) == "0.0000"

@@ -469,8 +469,16 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _spec(reference: float) -> str:
+    """Four decimals, as metrics are usually reported; three significant digits in scientific notation for
+    values below 0.01 (sharpness, Hessian eigenvalues), which four decimals would print as 0.0000."""
+    small = not math.isnan(reference) and 0 < abs(reference) < 0.01
+    return ".3e" if small else ".4f"
+
+
 def _mean_std(mean: float, std: float) -> str:
-    return f"{mean:.4f}" + (f" ± {std:.4f}" if not math.isnan(std) else "")
+    spec = _spec(mean)
+    return f"{mean:{spec}}" + (f" ± {std:{spec}}" if not math.isnan(std) else "")
 
 
 def _p(value: float) -> str:
@@ -516,12 +524,19 @@ def comparison_markdown(comparisons: pd.DataFrame, alpha: float) -> str:
             "comparison": comparisons["arm"] + " vs " + comparisons["baseline"],
             "metric": comparisons["metric"],
             "pairs": comparisons["n"],
-            "baseline": comparisons["baseline_mean"].map(lambda v: f"{v:.4f}"),
-            "other": comparisons["arm_mean"].map(lambda v: f"{v:.4f}"),
+            "baseline": comparisons["baseline_mean"].map(lambda v: f"{v:{_spec(v)}}"),
+            "other": [
+                f"{v:{_spec(b)}}"
+                for v, b in zip(comparisons["arm_mean"], comparisons["baseline_mean"], strict=True)
+            ],
             f"Δ ({level})": [
-                f"{d:+.4f}" + ("" if math.isnan(lo) else f" [{lo:+.4f}, {hi:+.4f}]")
-                for d, lo, hi in zip(
-                    comparisons["mean_diff"], comparisons["ci_low"], comparisons["ci_high"], strict=True
+                f"{d:+{_spec(b)}}" + ("" if math.isnan(lo) else f" [{lo:+{_spec(b)}}, {hi:+{_spec(b)}}]")
+                for d, lo, hi, b in zip(
+                    comparisons["mean_diff"],
+                    comparisons["ci_low"],
+                    comparisons["ci_high"],
+                    comparisons["baseline_mean"],
+                    strict=True,
                 )
             ],
             "gain": comparisons["rel_gain"].map(lambda g: "" if math.isnan(g) else f"{g:+.2%}"),
