@@ -5,17 +5,17 @@
 Reads `<out>/robustness/<model>_<data>_<kind>/robustness.csv` (written by `python -m mgrec.robustness`).
 Per model and data set and per strength, a cell gives the share of the clean metric each group retains (mean
 over seeds) and Welch's p-value for the difference; the clean level is the first column. With `--images`,
-copies every robustness.png, the comparison's report.png and the landscape PNGs there under names that say
+copies (64-colour PNG) every robustness.png, the comparison's report.png and the landscape PNGs there under names that say
 what they show.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 
 KINDS = {"gaussian": "SNR (dB)", "replace": "share of items replaced"}
 
@@ -60,7 +60,8 @@ def copy_images(out: Path, images: Path) -> list[Path]:
     written = []
     for name, source in sorted(sources.items()):
         if source.is_file():
-            shutil.copyfile(source, images / name)
+            # a 64-colour palette keeps line plots and contours legible at a fraction of the size
+            Image.open(source).convert("RGB").quantize(colors=64).save(images / name, optimize=True)
             written.append(images / name)
     return written
 
