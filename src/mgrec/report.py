@@ -636,7 +636,8 @@ def plot(
         x=0.02,
         ha="left",
     )
-    figure.tight_layout(rect=(0, 0, 1, 0.95))
+    header_inches = 0.45  # the title line and the legend, whatever the figure's height
+    figure.tight_layout(rect=(0, 0, 1, 1 - header_inches / figure.get_figheight()))
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
