@@ -32,25 +32,25 @@ finished() { # folder -> number of metrics.json below it
   find "$1" -name metrics.json 2>/dev/null | wc -l
 }
 
-train() {
-  local model=$1 data=$2 dir=$OUT/runs/$1_$2
+sweep() { # dir log overrides...: Adam and MG x every seed into dir/<optimizer>/seed<s>, unless already there
+  local dir=$1 log=$2
+  shift 2
   if [[ $(finished "$dir") -ge $((2 * N_SEEDS)) ]]; then return; fi
   rm -rf "$dir"
-  echo "train $model $data -> $dir"
-  "$PY" train.py -m "experiment=${model}_${data}" optimizer=adam,mg "seed=$SEEDS" trainer=cpu \
-    "trainer.max_epochs=$MAX_EPOCHS" "${QUIET[@]}" "hydra.sweep.dir=$dir" \
-    'hydra.sweep.subdir=${hydra:runtime.choices.optimizer}/seed${seed}' > "$OUT/logs/train_${model}_${data}.log" 2>&1
+  echo "$* -> $dir"
+  "$PY" train.py -m "$@" optimizer=adam,mg "seed=$SEEDS" trainer=cpu "trainer.max_epochs=$MAX_EPOCHS" \
+    "${QUIET[@]}" "hydra.sweep.dir=$dir" 'hydra.sweep.subdir=${hydra:runtime.choices.optimizer}/seed${seed}' \
+    > "$log" 2>&1
 }
 
-inherent() { # train and test on features that were noisy all along (data.noise), both optimizers
-  local model=$1 data=$2 dir=$OUT/noisy_runs/${NOISE_KIND}_${NOISE_STRENGTH}/$1_$2
-  if [[ $(finished "$dir") -ge $((2 * N_SEEDS)) ]]; then return; fi
-  rm -rf "$dir"
-  echo "inherent $NOISE_KIND $NOISE_STRENGTH $model $data -> $dir"
-  "$PY" train.py -m "experiment=${model}_${data}" optimizer=adam,mg "seed=$SEEDS" trainer=cpu \
-    "data.noise.kind=$NOISE_KIND" "data.noise.strength=$NOISE_STRENGTH" "trainer.max_epochs=$MAX_EPOCHS" \
-    "${QUIET[@]}" "hydra.sweep.dir=$dir" 'hydra.sweep.subdir=${hydra:runtime.choices.optimizer}/seed${seed}' \
-    > "$OUT/logs/inherent_${NOISE_KIND}_${NOISE_STRENGTH}_${model}_${data}.log" 2>&1
+train() {
+  sweep "$OUT/runs/$1_$2" "$OUT/logs/train_$1_$2.log" "experiment=$1_$2"
+}
+
+inherent() { # train and test on features that were noisy all along (data.noise)
+  local noise=${NOISE_KIND}_${NOISE_STRENGTH}
+  sweep "$OUT/noisy_runs/$noise/$1_$2" "$OUT/logs/inherent_${noise}_$1_$2.log" "experiment=$1_$2" \
+    "data.noise.kind=$NOISE_KIND" "data.noise.strength=$NOISE_STRENGTH"
 }
 
 robustness() {
@@ -77,10 +77,10 @@ sharpness() {
 }
 
 landscape() {
-  # shellcheck disable=SC2086
   local model=$1 data=$2 dir=$OUT/landscape/$1_$2
   if [[ -f $dir/flatness_table.md ]]; then return; fi
   echo "landscape $model $data (seed 0) -> $dir"
+  # shellcheck disable=SC2086  # the options are separate arguments
   "$PY" -m mgrec.flatness compare "$OUT/runs/${model}_${data}/adam/seed0" "$OUT/runs/${model}_${data}/mg/seed0" \
     --labels Adam MG --seed 0 $LANDSCAPE_ARGS --out "$dir" > "$OUT/logs/landscape_${model}_${data}.log" 2>&1
 }

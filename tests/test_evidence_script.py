@@ -44,6 +44,7 @@ def test_every_stage_on_two_seeds_of_one_epoch(tmp_path: Path) -> None:
         capture_output=True, text=True, env=env(**settings), timeout=1200, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "experiment=vbpr_ml100k ->" in done.stdout and "robustness gaussian" in done.stdout
     runs = out / "runs" / "vbpr_ml100k"
     assert sorted(p.parent.relative_to(runs).as_posix() for p in runs.rglob("metrics.json")) == [
         "adam/seed0", "adam/seed1", "mg/seed0", "mg/seed1",
@@ -67,7 +68,7 @@ def test_every_stage_on_two_seeds_of_one_epoch(tmp_path: Path) -> None:
     )  # fmt: skip
     assert (
         again.returncode == 0
-        and "train vbpr" not in again.stdout
+        and "experiment=vbpr_ml100k" not in again.stdout
         and "robustness gaussian" not in again.stdout
     )
     # training-time noise: a separate sweep and report; the test metrics differ from the clean runs'
