@@ -5,8 +5,8 @@
 Reads `<out>/robustness/<model>_<data>_<kind>/robustness.csv` (written by `python -m mgrec.robustness`).
 Per model and data set and per strength, a cell gives the share of the clean metric each group retains (mean
 over seeds) and Welch's p-value for the difference; the clean level is the first column. With `--images`,
-copies (64-colour PNG) every robustness.png, the comparison's report.png and the landscape PNGs there under names that say
-what they show.
+writes 64-colour copies of every robustness.png, the comparison's report.png, the sharpness report.png and
+the landscape PNGs there, under names that say what they show.
 """
 
 from __future__ import annotations

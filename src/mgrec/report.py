@@ -374,9 +374,8 @@ def verdict(test: dict[str, float], arm: str, alpha: float = 0.05, lower_is_bett
     direction = "better" if (test["mean_diff"] > 0) != lower_is_better else "worse"
     if p_flip <= alpha:
         return f"{arm} {direction} (p={p:.2g})"
-    if (
-        n >= MIN_SEEDS_SAME_DIRECTION and p_flip <= test["p_min_signflip"] + 1e-12
-    ):  # too few seeds for the exact test to reach alpha
+    # too few seeds for the exact test to reach alpha, but every one moved the same way
+    if n >= MIN_SEEDS_SAME_DIRECTION and p_flip <= test["p_min_signflip"] + 1e-12:
         return f"{arm} {direction} (p={p:.2g}; same direction on all {n} seeds)"
     return f"{arm} {direction} by t-test only (p={p:.2g}; sign-flip p={p_flip:.2g})"
 
